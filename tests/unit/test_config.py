@@ -1,0 +1,95 @@
+"""Config: the shipped defaults load; every error names file, key and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supportd.cli import main
+from supportd.config import ConfigInvalid, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "supportd.toml"
+    path.write_text(text)
+    return path
+
+
+def errors(path: Path) -> list[str]:
+    with pytest.raises(ConfigInvalid) as invalid:
+        load_config(path)
+    return [str(e) for e in invalid.value.errors]
+
+
+def test_shipped_defaults_load(tmp_path: Path) -> None:
+    # A copy, so the test neither needs nor creates the real var/hmac.key.
+    path = write(tmp_path, (REPO / "supportd.toml").read_text())
+    config = load_config(path)
+    assert config.support.addresses == ("support@example.com",)
+    assert (config.smtp.listen.host, config.smtp.listen.port) == ("127.0.0.1", 2525)
+    assert [a.email for a in config.agents_in("tier1")] == ["alice@example.com"]
+    assert config.store_path == tmp_path / "var" / "supportd.sqlite3"
+    assert config.outbound.transport == "maildir"
+    assert config.outbound.maildir == tmp_path / "var" / "outbox"
+    assert (tmp_path / "var" / "hmac.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_every_error_names_file_key_and_reason(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[support]
+addresses = ["not an address"]
+hmac_key_env = "SUPPORTD_TEST_UNSET_VARIABLE"
+default_group = "nobody"
+[smtp]
+listen = "127.0.0.1:99999"
+max_mesage_size = 10
+[[agents]]
+email = "alice@example.com"
+groups = ["ghosts"]
+""")
+    found = errors(path)
+    assert f"{path}: support.addresses: must be a plain address like user@example.com, " \
+           "not 'not an address'" in found
+    assert f"{path}: support.hmac_key_env: environment variable SUPPORTD_TEST_UNSET_VARIABLE " \
+           "is not set or empty" in found
+    assert f"{path}: smtp.listen: must be HOST:PORT with a port from 1 to 65535, " \
+           "not '127.0.0.1:99999'" in found
+    assert f"{path}: smtp.max_mesage_size: unknown key (a typo?)" in found
+    assert f"{path}: agents[0].groups: names no [[groups]] entry: 'ghosts'" in found
+    assert f"{path}: support.default_group: names no [[groups]] entry: 'nobody'" in found
+
+
+def test_syntax_error_names_the_line(tmp_path: Path) -> None:
+    [error] = errors(write(tmp_path, "[support\n"))
+    assert error.startswith(f"{tmp_path / 'supportd.toml'}: (syntax): ")
+    assert "line 1" in error
+
+
+def test_secret_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPPORTD_KEY", "k" * 32)
+    config = load_config(write(tmp_path, '[support]\nhmac_key_env = "SUPPORTD_KEY"\n'
+                                         '[[groups]]\nname = "tier1"\n'))
+    assert config.support.hmac_key == b"k" * 32
+
+
+def test_short_secret_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("short")
+    found = errors(write(tmp_path, '[support]\nhmac_key_file = "key"\n[[groups]]\nname = "t"\n'
+                                   ))
+    assert any("too short" in e for e in found)
+
+
+def test_check_config_prints_errors_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[smtp]\nlisten = 25\n")
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert f"{path}: smtp.listen: must be a string, not 25" in capsys.readouterr().err
+
+
+def test_check_config_accepts_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(REPO / "supportd.toml")]) == 0
+    assert "OK" in capsys.readouterr().out
