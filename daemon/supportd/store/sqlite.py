@@ -1,0 +1,422 @@
+"""Store: every SQL statement of supportd, over one SQLite file in WAL mode (aiosqlite).
+
+One connection does all writing, serialised by a lock: SQLite has one writer anyway, and a
+single connection lets intake share commits. `accept` is group commit: inbox rows that
+arrive while a commit is in flight are written together in the next one, so concurrent SMTP
+sessions share one fsync (synchronous=FULL: a commit is on disk before `accept` returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from supportd.tickets.model import Participant, Priority, Status, Ticket
+
+
+def timestamp(moment: datetime) -> str:
+    """The one text form of times in the store: UTC, fixed width, so text order is time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    inbox_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    id: int
+    received_at: datetime
+    source: str
+    mail_from: str | None
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+    state: str
+    error: str | None
+    attempts: int
+    ticket_id: int | None
+
+
+@dataclass(frozen=True)
+class QueuedMail:
+    """An outbound mail row: rendered once, in the transaction that decided to send it."""
+
+    ticket_id: int | None
+    kind: str
+    automatic: bool
+    mail_from: str
+    rcpt_to: str
+    message_id: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    ticket_id: int | None
+    kind: str
+    mail_from: str
+    rcpt_to: str
+    message_id: str
+    raw: bytes
+    state: str
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    kind: str
+    author: str
+    subject: str
+    body: str
+    created_at: datetime
+    attachments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EventRow:
+    at: datetime
+    actor: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    raw: bytes
+    key: str
+    source: str
+    mail_from: str | None
+    rcpt_to: tuple[str, ...]
+    at: str
+    done: asyncio.Future[Accepted]
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._write_lock = asyncio.Lock()
+        self._arrivals: list[_Arrival] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
+                       "busy_timeout=10000"):
+            await db.execute(f"PRAGMA {pragma}")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+        async with self._db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        folder = resources.files("supportd.store") / "migrations"
+        scripts = sorted(
+            (int(f.name.partition("_")[0]), f) for f in folder.iterdir() if f.name.endswith(".sql")
+        )
+        for version, script in scripts:
+            if version > current:
+                # executescript commits on its own; the version row makes a rerun impossible.
+                sql = script.read_text(encoding="utf-8")
+                await self._db.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\n"
+                    f"INSERT INTO schema_version VALUES ({version});\nCOMMIT;"
+                )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """One write transaction; commits on leaving, rolls back on an exception."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(self._db)
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+
+    # -- intake ------------------------------------------------------------------------
+
+    async def accept(
+        self, raw: bytes, *, key: str, source: str, mail_from: str | None,
+        rcpt_to: Iterable[str], at: datetime,
+    ) -> Accepted:
+        """Commit raw mail to the inbox (once per dedupe key); returns after it is on disk."""
+        done: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._arrivals.append(
+            _Arrival(raw, key, source, mail_from, tuple(rcpt_to), timestamp(at), done)
+        )
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_arrivals())
+        return await done
+
+    async def _flush_arrivals(self) -> None:
+        while self._arrivals:
+            batch, self._arrivals = self._arrivals, []
+            try:
+                async with self.transaction() as tx:
+                    results = [await tx.insert_inbox(a) for a in batch]
+            except Exception as error:
+                for arrival in batch:
+                    if not arrival.done.done():
+                        arrival.done.set_exception(error)
+                continue
+            for arrival, result in zip(batch, results, strict=True):
+                if not arrival.done.done():
+                    arrival.done.set_result(result)
+
+    async def inbox_ids(self, state: str, limit: int = 1000) -> list[int]:
+        return [r[0] for r in await self._all(
+            "SELECT id FROM inbox WHERE state = ? ORDER BY id LIMIT ?", (state, limit))]
+
+    async def inbox_row(self, inbox_id: int) -> InboxRow | None:
+        rows = await self._all("SELECT * FROM inbox WHERE id = ?", (inbox_id,))
+        return _inbox_row(rows[0]) if rows else None
+
+    async def mark_failed(self, inbox_id: int, error: str) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
+                "WHERE id = ?", (error, inbox_id))
+
+    # -- outbox ------------------------------------------------------------------------
+
+    async def due_mail(self, now: datetime, limit: int = 50) -> list[OutboxRow]:
+        rows = await self._all(
+            "SELECT * FROM outbox WHERE state = 'queued' AND next_attempt_at <= ? "
+            "ORDER BY id LIMIT ?", (timestamp(now), limit))
+        return [_outbox_row(r) for r in rows]
+
+    async def next_mail_due(self) -> datetime | None:
+        rows = await self._all(
+            "SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'", ())
+        return parse_timestamp(rows[0][0]) if rows and rows[0][0] else None
+
+    async def mark_sent(self, outbox_id: int, at: datetime) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "last_error = NULL WHERE id = ?", (timestamp(at), outbox_id))
+
+    async def mark_retry(self, outbox_id: int, error: str, next_at: datetime,
+                         *, give_up: bool) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+                "state = ? WHERE id = ?",
+                (error, timestamp(next_at), "failed" if give_up else "queued", outbox_id))
+
+    # -- reading, for the CLI ----------------------------------------------------------
+
+    async def tickets(
+        self, *, status: str | None = None, group: str | None = None,
+        assignee: str | None = None, limit: int = 100,
+    ) -> list[Ticket]:
+        where, args = [], []
+        for column, value in (("status", status), ("group_name", group), ("assignee", assignee)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM tickets" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [_ticket(r) for r in rows]
+
+    async def ticket(self, ticket_id: int) -> Ticket | None:
+        return await Tx(self._db).ticket(ticket_id)
+
+    async def participants(self, ticket_id: int) -> list[Participant]:
+        return await Tx(self._db).participants(ticket_id)
+
+    async def messages(self, ticket_id: int) -> list[MessageRow]:
+        rows = await self._all(
+            "SELECT m.*, (SELECT group_concat(filename || ' (' || content_type || ', ' || size "
+            "|| ' bytes)', char(10)) FROM attachments a WHERE a.message_id = m.id) AS files "
+            "FROM messages m WHERE ticket_id = ? ORDER BY id", (ticket_id,))
+        return [MessageRow(r["id"], r["kind"], r["author"], r["subject"], r["body"],
+                           parse_timestamp(r["created_at"]),
+                           tuple(r["files"].split("\n")) if r["files"] else ())
+                for r in rows]
+
+    async def events(self, ticket_id: int) -> list[EventRow]:
+        rows = await self._all(
+            "SELECT * FROM events WHERE ticket_id = ? ORDER BY id", (ticket_id,))
+        return [EventRow(parse_timestamp(r["at"]), r["actor"], r["kind"], r["detail"])
+                for r in rows]
+
+    async def outbox(self, ticket_id: int) -> list[OutboxRow]:
+        rows = await self._all("SELECT * FROM outbox WHERE ticket_id = ? ORDER BY id",
+                               (ticket_id,))
+        return [_outbox_row(r) for r in rows]
+
+    async def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+
+class Tx:
+    """The statements allowed inside one write transaction."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
+        async with self._db.execute(sql, args) as cur:
+            return cur.lastrowid
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
+        async with self._db.execute(sql, args) as cur:
+            row: sqlite3.Row | None = await cur.fetchone()
+            return row
+
+    async def insert_inbox(self, a: _Arrival) -> Accepted:
+        row = await self._one(
+            "INSERT INTO inbox (received_at, source, mail_from, rcpt_to, dedupe_key, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+            (a.at, a.source, a.mail_from, json.dumps(a.rcpt_to), a.key, a.raw))
+        if row is not None:
+            return Accepted(row[0], duplicate=False)
+        existing = await self._one("SELECT id FROM inbox WHERE dedupe_key = ?", (a.key,))
+        assert existing is not None  # the conflict above means the row exists
+        return Accepted(existing[0], duplicate=True)
+
+    async def inbox_state(self, inbox_id: int) -> str | None:
+        row = await self._one("SELECT state FROM inbox WHERE id = ?", (inbox_id,))
+        return row[0] if row else None
+
+    async def mark_inbox_done(self, inbox_id: int, ticket_id: int) -> None:
+        await self.execute(
+            "UPDATE inbox SET state = 'done', error = NULL, ticket_id = ?, "
+            "attempts = attempts + 1 WHERE id = ?", (ticket_id, inbox_id))
+
+    async def requeue_inbox(self, inbox_id: int) -> None:
+        await self.execute("UPDATE inbox SET state = 'new' WHERE id = ?", (inbox_id,))
+
+    async def ticket(self, ticket_id: int) -> Ticket | None:
+        row = await self._one("SELECT * FROM tickets WHERE id = ?", (ticket_id,))
+        return _ticket(row) if row else None
+
+    async def next_ticket_id(self) -> int:
+        row = await self._one("SELECT coalesce(max(id), 0) + 1 FROM tickets", ())
+        assert row is not None
+        return int(row[0])
+
+    async def save_ticket(self, t: Ticket) -> None:
+        await self.execute(
+            "INSERT INTO tickets (id, subject, status, priority, group_name, assignee, requester, "
+            "account, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, status = excluded.status, "
+            "priority = excluded.priority, group_name = excluded.group_name, "
+            "assignee = excluded.assignee, updated_at = excluded.updated_at",
+            (t.id, t.subject, t.status.value, t.priority.value, t.group, t.assignee, t.requester,
+             t.account, timestamp(t.created_at), timestamp(t.updated_at)))
+
+    async def participants(self, ticket_id: int) -> list[Participant]:
+        async with self._db.execute(
+            "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid",
+            (ticket_id,)) as cur:
+            return [Participant(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def add_participant(self, ticket_id: int, email: str, role: str) -> None:
+        await self.execute(
+            "INSERT INTO participants (ticket_id, email, role) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING", (ticket_id, email, role))
+
+    async def tickets_for_message_ids(self, message_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(message_ids)[:200]  # a References header can be absurdly long
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        async with self._db.execute(
+            f"SELECT message_id, ticket_id FROM message_ids WHERE message_id IN ({marks})",
+            ids) as cur:
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def remember_message_id(self, message_id: str, ticket_id: int) -> None:
+        await self.execute(
+            "INSERT INTO message_ids (message_id, ticket_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (message_id, ticket_id))
+
+    async def add_message(
+        self, *, ticket_id: int, inbox_id: int | None, kind: str, author: str, subject: str,
+        body: str, at: datetime, attachments: Iterable[tuple[str, str, int, str]] = (),
+    ) -> int:
+        message_id = await self.execute(
+            "INSERT INTO messages (ticket_id, inbox_id, kind, author, subject, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ticket_id, inbox_id, kind, author, subject, body, timestamp(at)))
+        assert message_id is not None
+        for filename, content_type, size, sha256 in attachments:
+            await self.execute(
+                "INSERT INTO attachments (message_id, filename, content_type, size, sha256) "
+                "VALUES (?, ?, ?, ?, ?)", (message_id, filename, content_type, size, sha256))
+        return message_id
+
+    async def add_event(self, ticket_id: int, at: datetime, actor: str, kind: str,
+                        detail: str) -> None:
+        await self.execute(
+            "INSERT INTO events (ticket_id, at, actor, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (ticket_id, timestamp(at), actor, kind, detail))
+
+    async def automatic_mails_since(self, rcpt_to: str, since: datetime) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE automatic = 1 AND rcpt_to = ? AND created_at >= ?",
+            (rcpt_to, timestamp(since)))
+        return int(row[0]) if row else 0
+
+    async def queue_mail(self, mail: QueuedMail, at: datetime) -> None:
+        await self.execute(
+            "INSERT INTO outbox (ticket_id, created_at, kind, automatic, mail_from, rcpt_to, "
+            "message_id, raw, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mail.ticket_id, timestamp(at), mail.kind, int(mail.automatic), mail.mail_from,
+             mail.rcpt_to, mail.message_id, mail.raw, timestamp(at)))
+
+
+def _ticket(r: sqlite3.Row) -> Ticket:
+    return Ticket(
+        id=r["id"], subject=r["subject"], status=Status(r["status"]),
+        priority=Priority(r["priority"]), group=r["group_name"], assignee=r["assignee"],
+        requester=r["requester"], account=r["account"],
+        created_at=parse_timestamp(r["created_at"]), updated_at=parse_timestamp(r["updated_at"]))
+
+
+def _inbox_row(r: sqlite3.Row) -> InboxRow:
+    return InboxRow(
+        id=r["id"], received_at=parse_timestamp(r["received_at"]), source=r["source"],
+        mail_from=r["mail_from"], rcpt_to=tuple(json.loads(r["rcpt_to"])), raw=r["raw"],
+        state=r["state"], error=r["error"], attempts=r["attempts"], ticket_id=r["ticket_id"])
+
+
+def _outbox_row(r: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        id=r["id"], ticket_id=r["ticket_id"], kind=r["kind"], mail_from=r["mail_from"],
+        rcpt_to=r["rcpt_to"], message_id=r["message_id"], raw=r["raw"], state=r["state"],
+        attempts=r["attempts"], last_error=r["last_error"])
