@@ -1,0 +1,177 @@
+"""CLI: `supportd run | check-config | tickets | show | replay`, each with --help."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from supportd.app import run_daemon
+from supportd.clock import SystemClock
+from supportd.config import Config, ConfigInvalid, load_config
+from supportd.outbound.templates import Renderer
+from supportd.store.sqlite import Store
+from supportd.tickets.model import Status
+from supportd.tickets.service import TEMPLATE_KINDS, TicketService
+
+DEFAULT_CONFIG = Path("supportd.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="supportd", description="An email-first helpdesk daemon.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the TOML config file (default: ./supportd.toml)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", help="run the daemon until SIGTERM",
+                        description="Run the daemon: SMTP intake, processing, outbound mail.")
+    commands.add_parser("check-config", help="check the config file and templates",
+                        description="Check the config file and the templates; print every "
+                                    "error with file, key and reason; exit 2 if any.")
+    tickets = commands.add_parser("tickets", help="list tickets",
+                                  description="List tickets, oldest first.")
+    tickets.add_argument("--status", choices=[s.value for s in Status])
+    tickets.add_argument("--group")
+    tickets.add_argument("--assignee", help="an agent's address")
+    tickets.add_argument("--limit", type=int, default=100)
+    show = commands.add_parser("show", help="show one ticket's conversation and events",
+                               description="Show a ticket: its fields, participants, "
+                                           "messages, events and outbound mail.")
+    show.add_argument("ticket", type=int)
+    replay = commands.add_parser(
+        "replay", help="process failed inbox mail again",
+        description="Run failed inbox mail through processing again, after a fix. The raw "
+                    "mail was kept; queued replies are sent by the running daemon.")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("inbox_id", nargs="?", type=int, help="one inbox row")
+    which.add_argument("--failed", action="store_true", help="every failed inbox row")
+
+    # Subcommand options may also come before the command name's own options.
+    for sub in commands.choices.values():
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                         help="the TOML config file (default: ./supportd.toml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "check-config":
+        return check_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigInvalid as invalid:
+        for error in invalid.errors:
+            print(error, file=sys.stderr)
+        return 2
+    actions: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
+        "run": lambda: _run(config),
+        "tickets": lambda: list_tickets(config, args.status, args.group, args.assignee,
+                                        args.limit),
+        "show": lambda: show_ticket(config, args.ticket),
+        "replay": lambda: replay_inbox(config, args.inbox_id, every_failed=args.failed),
+    }
+    return asyncio.run(actions[args.command]())
+
+
+async def _run(config: Config) -> int:
+    await run_daemon(config)
+    return 0
+
+
+def check_config(path: Path) -> int:
+    try:
+        config = load_config(path, create_missing_secrets=False)
+    except ConfigInvalid as invalid:
+        for error in invalid.errors:
+            print(error, file=sys.stderr)
+        return 2
+    problems = Renderer(config.outbound.templates).check(TEMPLATE_KINDS)
+    for problem in problems:
+        print(f"{path}: outbound.templates: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{path}: OK ({len(config.agents)} agents, {len(config.groups)} groups, "
+          f"support at {', '.join(config.support.addresses)})")
+    return 0
+
+
+async def list_tickets(config: Config, status: str | None, group: str | None,
+                       assignee: str | None, limit: int) -> int:
+    store = await Store.open(config.store_path)
+    try:
+        rows = await store.tickets(status=status, group=group, assignee=assignee, limit=limit)
+    finally:
+        await store.close()
+    print(f"{'#':>6}  {'status':8} {'priority':9} {'group':10} {'assignee':22} "
+          f"{'requester':26} subject")
+    for t in rows:
+        print(f"{t.id:>6}  {t.status:8} {t.priority:9} {t.group:10} {t.assignee or '-':22} "
+              f"{t.requester:26} {t.subject}")
+    print(f"{len(rows)} ticket(s)")
+    return 0
+
+
+async def show_ticket(config: Config, ticket_id: int) -> int:
+    store = await Store.open(config.store_path)
+    try:
+        ticket = await store.ticket(ticket_id)
+        if ticket is None:
+            print(f"no ticket #{ticket_id}", file=sys.stderr)
+            return 1
+        people = await store.participants(ticket_id)
+        messages = await store.messages(ticket_id)
+        events = await store.events(ticket_id)
+        outbox = await store.outbox(ticket_id)
+    finally:
+        await store.close()
+    print(f"Ticket #{ticket.id}: {ticket.subject}")
+    print(f"  status {ticket.status}, priority {ticket.priority}, group {ticket.group}, "
+          f"assignee {ticket.assignee or 'nobody'}, account {ticket.account or '-'}")
+    print("  " + ", ".join(f"{p.email} ({p.role})" for p in people))
+    for m in messages:
+        print(f"\n--- {m.created_at:%Y-%m-%d %H:%M:%S} {m.kind} from {m.author}: {m.subject}")
+        for file in m.attachments:
+            print(f"    attachment: {file}")
+        print(m.body)
+    print("\nEvents:")
+    for e in events:
+        print(f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:24} {e.kind:16} {e.detail}")
+    print("\nOutbound mail:")
+    for o in outbox:
+        error = f" ({o.last_error})" if o.last_error else ""
+        print(f"  {o.kind:16} to {o.rcpt_to:28} {o.state}{error}")
+    return 0
+
+
+async def replay_inbox(config: Config, inbox_id: int | None, *, every_failed: bool) -> int:
+    store = await Store.open(config.store_path)
+    try:
+        service = TicketService(config, store, SystemClock(),
+                                Renderer(config.outbound.templates))
+        ids = await store.inbox_ids("failed") if every_failed else [inbox_id or 0]
+        failures = 0
+        for one in ids:
+            row = await store.inbox_row(one)
+            if row is None:
+                print(f"inbox {one}: no such row", file=sys.stderr)
+                failures += 1
+                continue
+            outcome = await service.process(one)
+            print(f"inbox {one}: ticket #{outcome.ticket_id}: {outcome.summary}"
+                  if outcome.ticket_id else f"inbox {one}: {outcome.summary}")
+            failures += outcome.failed
+        if not ids:
+            print("no failed inbox mail")
+    finally:
+        await store.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

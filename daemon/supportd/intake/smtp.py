@@ -1,0 +1,77 @@
+"""SMTP and LMTP intake (aiosmtpd): refuse unknown recipients, store raw bytes, then say 250.
+
+Nothing else happens here: no parsing beyond the dedupe key, no ticket logic. A mail gets
+`250` only after its bytes are committed to the inbox table; when the store cannot commit,
+the client gets `451 4.3.0` and keeps the mail to retry (RFC 5321 §4.2.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from supportd.clock import Clock
+from supportd.mail.parse import dedupe_key
+from supportd.store.sqlite import Store
+
+log = logging.getLogger("supportd.intake")
+
+
+class IntakeHandler:
+    def __init__(
+        self, *, store: Store, clock: Clock, source: str,
+        is_our_recipient: Callable[[str], bool], on_accept: Callable[[], None],
+    ) -> None:
+        self.store, self.clock, self.source = store, clock, source
+        self.is_our_recipient, self.on_accept = is_our_recipient, on_accept
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if not self.is_our_recipient(address):
+            log.info("refused rcpt=<%s> from=%s", address, session.peer)
+            return f"550 5.1.1 <{address}>: no such support address"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content
+        assert isinstance(raw, bytes)  # aiosmtpd keeps the undecoded bytes here
+        try:
+            accepted = await self.store.accept(
+                raw, key=dedupe_key(raw), source=self.source,
+                mail_from=envelope.mail_from or "", rcpt_to=envelope.rcpt_tos,
+                at=self.clock.now(),
+            )
+        except Exception as error:
+            log.error("storing mail from=<%s> failed: %s", envelope.mail_from, error)
+            reply = "451 4.3.0 storage unavailable, try again later"
+        else:
+            self.on_accept()
+            what = "duplicate of" if accepted.duplicate else "queued as"
+            log.info("inbox=%d %s from=<%s> size=%d %s", accepted.inbox_id, self.source,
+                     envelope.mail_from, len(raw), "duplicate" if accepted.duplicate else "stored")
+            reply = f"250 2.0.0 OK {what} inbox {accepted.inbox_id}"
+        if isinstance(server, LMTP):
+            # RFC 2033 §4.2: one reply per accepted recipient, in order.
+            return "\r\n".join(reply for _ in envelope.rcpt_tos)
+        return reply
+
+
+async def serve(
+    handler: IntakeHandler, *, host: str, port: int, hostname: str, max_size: int, lmtp: bool,
+) -> asyncio.Server:
+    """Listen on host:port; each connection gets a fresh protocol instance."""
+    protocol: type[SMTP] = LMTP if lmtp else SMTP
+    kwargs: dict[str, Any] = {
+        "data_size_limit": max_size, "hostname": hostname, "decode_data": False,
+        "enable_SMTPUTF8": True, "ident": "supportd",
+    }
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: protocol(handler, **kwargs), host=host, port=port)

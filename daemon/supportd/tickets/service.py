@@ -1,0 +1,382 @@
+"""Service: one inbox row through parse -> classify -> thread -> apply, in one transaction.
+
+What a decision means is decided here and only here: who is told what, which status moves,
+which mails are queued. The steps before it are pure; the store writes what this decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from supportd.clock import Clock
+from supportd.config import Config
+from supportd.mail.auth import (
+    TokenMatch,
+    make_token,
+    sender_is_authenticated,
+    token_address,
+    token_in_address,
+    verify_token,
+)
+from supportd.mail.classify import Decision, classify
+from supportd.mail.compose import Headers, compose_mail, new_message_id
+from supportd.mail.parse import ParsedMail, parse_mail
+from supportd.mail.reply import strip_quoted_reply
+from supportd.mail.thread import ThreadFacts, subject_tag, thread_message
+from supportd.outbound.templates import Renderer
+from supportd.store.sqlite import InboxRow, QueuedMail, Store, Tx
+from supportd.tickets.commands import (
+    Assign,
+    CommandError,
+    ParsedCommands,
+    SetGroup,
+    SetPriority,
+    SetStatus,
+    parse_commands,
+)
+from supportd.tickets.lifecycle import (
+    IllegalMove,
+    after_agent_reply,
+    after_customer_reply,
+    check_move,
+)
+from supportd.tickets.model import Priority, Status, Ticket
+
+log = logging.getLogger("supportd.tickets")
+
+TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
+                  "command_error")
+STATUS_NOTICES = {
+    Status.PENDING: "We have answered and are waiting for your reply. If we do not hear from "
+                    "you, this ticket will be closed in a few days.",
+    Status.SOLVED: "We consider this ticket solved. If anything is still wrong, just reply "
+                   "and it will be reopened.",
+    Status.OPEN: "This ticket is open again; we are working on it.",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    inbox_id: int
+    ticket_id: int | None
+    summary: str
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """One inbox row, parsed, with what we know about its author."""
+
+    row: InboxRow
+    mail: ParsedMail
+    sender: str
+    token: TokenMatch | None
+    is_agent: bool  # an authenticated agent
+    unauthenticated_agent: bool  # an agent's address, but not proven
+    decision: Decision
+
+
+class TicketService:
+    def __init__(self, config: Config, store: Store, clock: Clock, renderer: Renderer) -> None:
+        self.config, self.store, self.clock, self.renderer = config, store, clock, renderer
+        self.agent_names = {a.email: a.name for a in config.agents}
+
+    async def process(self, inbox_id: int) -> Outcome:
+        """Process one inbox row; a failure marks it failed with the error, raw mail kept."""
+        row = await self.store.inbox_row(inbox_id)
+        if row is None:
+            return Outcome(inbox_id, None, "no such inbox row")
+        try:
+            mail = parse_mail(row.raw)
+            async with self.store.transaction() as tx:
+                if await tx.inbox_state(inbox_id) == "done":
+                    return Outcome(inbox_id, row.ticket_id, "already processed")
+                outcome = await self._apply(tx, row, mail)
+                await tx.mark_inbox_done(inbox_id, outcome.ticket_id or 0)
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            log.exception("inbox=%d processing failed: %s", inbox_id, message)
+            await self.store.mark_failed(inbox_id, message)
+            return Outcome(inbox_id, None, f"failed: {message}", failed=True)
+        log.info("ticket=%s inbox=%d %s", outcome.ticket_id, inbox_id, outcome.summary)
+        return outcome
+
+    async def _apply(self, tx: Tx, row: InboxRow, mail: ParsedMail) -> Outcome:
+        now = self.clock.now()
+        sender = mail.from_addr.email if mail.from_addr else (row.mail_from or "")
+        token = self._token(row, mail)
+        agent_address = sender in self.config.agent_by_email
+        proven = agent_address and (
+            (token is not None and token.agent == sender)
+            or sender_is_authenticated(sender, mail.headers,
+                                       self.config.support.trusted_authserv_ids)
+        )
+        decision = classify(
+            mail, envelope_sender=row.mail_from,
+            own_addresses=frozenset(self.config.support.addresses),
+            auto_mails_last_hour=await tx.automatic_mails_since(sender, now - timedelta(hours=1)),
+            auto_mail_limit=self.config.support.auto_mail_limit,
+        )
+        incoming = _Incoming(row, mail, sender, token, proven, agent_address and not proven,
+                             decision)
+        ticket_id = await self._thread(tx, incoming)
+        ticket = await tx.ticket(ticket_id) if ticket_id is not None else None
+        if ticket is not None and ticket.status == Status.CLOSED:
+            return await self._new_ticket(tx, incoming, follow_up_of=ticket.id)
+        if ticket is None:
+            return await self._new_ticket(tx, incoming, follow_up_of=None)
+        if incoming.is_agent:
+            return await self._agent_mail(tx, incoming, ticket)
+        return await self._customer_reply(tx, incoming, ticket)
+
+    def _token(self, row: InboxRow, mail: ParsedMail) -> TokenMatch | None:
+        # The envelope is what we were sent to; the headers matter where there is none (IMAP).
+        addresses = [*row.rcpt_to, *(a.email for a in (*mail.to, *mail.cc))]
+        support = frozenset(self.config.support.addresses)
+        for address in addresses:
+            token = token_in_address(address, support)
+            if token is not None:
+                match = verify_token(self.config.support.hmac_key, token,
+                                     self.config.agent_by_email)
+                if match is not None:
+                    return match
+        return None
+
+    async def _thread(self, tx: Tx, incoming: _Incoming) -> int | None:
+        mail = incoming.mail
+        by_id = await tx.tickets_for_message_ids((*mail.in_reply_to, *mail.references))
+        tagged = subject_tag(mail.subject, self.config.support.subject_prefix)
+        people: frozenset[str] = frozenset()
+        if tagged is not None and (t := await tx.ticket(tagged)) is not None:
+            people = frozenset(
+                {p.email for p in await tx.participants(tagged)} | set(self.agent_names)
+                | {t.requester})
+        facts = ThreadFacts(
+            token_ticket=incoming.token.ticket_id if incoming.token else None,
+            tickets_by_message_id=by_id, tagged_ticket_people=people,
+        )
+        result = thread_message(mail, incoming.sender, facts, self.config.support.subject_prefix)
+        if result.ticket_id is not None and await tx.ticket(result.ticket_id) is None:
+            return None  # a valid token for a ticket that is gone: start afresh
+        return result.ticket_id
+
+    # -- the three kinds of mail ---------------------------------------------------------
+
+    async def _new_ticket(self, tx: Tx, incoming: _Incoming, *,
+                          follow_up_of: int | None) -> Outcome:
+        now, mail, sender = self.clock.now(), incoming.mail, incoming.sender
+        ticket = Ticket(
+            id=await tx.next_ticket_id(), subject=self._clean_subject(mail.subject),
+            status=Status.NEW, priority=Priority.NORMAL, group=self.config.support.default_group,
+            assignee=None, requester=sender, account=self.config.account_for(sender),
+            created_at=now, updated_at=now,
+        )
+        await tx.save_ticket(ticket)
+        await tx.add_participant(ticket.id, sender, "requester")
+        for cc in self._cc_addresses(mail, sender):
+            await tx.add_participant(ticket.id, cc, "cc")
+        how = f"follow-up of closed ticket #{follow_up_of}" if follow_up_of else "new mail"
+        await tx.add_event(ticket.id, now, sender, "created", f"ticket created from {how} "
+                           f"(inbox {incoming.row.id}, {incoming.row.source})")
+        await self._store_message(tx, incoming, ticket, body=mail.text)
+        if not incoming.decision.answerable:
+            return Outcome(incoming.row.id, ticket.id,
+                           f"new ticket, not answered: {incoming.decision.reason}")
+        await self._queue(tx, ticket, "acknowledgement", to=sender, automatic=True,
+                          auto_submitted="auto-replied", answering=mail)
+        notice = await self._notify_agents(tx, ticket, "new_ticket", incoming, body=mail.text)
+        return Outcome(incoming.row.id, ticket.id,
+                       f"new ticket from {sender}, acknowledged, {notice}")
+
+    async def _customer_reply(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
+        now, sender = self.clock.now(), incoming.sender
+        participants = {p.email for p in await tx.participants(ticket.id)}
+        body = strip_quoted_reply(incoming.mail.text)
+        await self._store_message(tx, incoming, ticket, body=body)
+        if not incoming.decision.answerable:
+            return Outcome(incoming.row.id, ticket.id,
+                           f"added, not answered: {incoming.decision.reason}")
+        if incoming.unauthenticated_agent:
+            return Outcome(incoming.row.id, ticket.id,
+                           "unauthenticated mail from an agent address stored; nothing changed")
+        if sender not in participants:
+            await tx.add_participant(ticket.id, sender, "cc")
+            await tx.add_event(ticket.id, now, sender, "participant", f"{sender} joined as cc")
+        status = after_customer_reply(ticket.status)
+        if status != ticket.status:
+            await tx.add_event(ticket.id, now, sender, "status",
+                               f"{ticket.status} -> {status} (customer replied)")
+            ticket = replace(ticket, status=status)
+        ticket = replace(ticket, updated_at=now)
+        await tx.save_ticket(ticket)
+        notice = await self._notify_agents(tx, ticket, "customer_reply", incoming, body=body)
+        return Outcome(incoming.row.id, ticket.id, f"reply from {sender}, {notice}")
+
+    async def _agent_mail(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
+        now, agent = self.clock.now(), incoming.sender
+        parsed = parse_commands(incoming.mail.text, sender=agent, agents=self.agent_names,
+                                groups=frozenset(g.name for g in self.config.groups))
+        changed, errors = self._command_changes(ticket, parsed)
+        if errors:
+            await tx.add_event(ticket.id, now, agent, "commands refused",
+                               "; ".join(str(e) for e in errors))
+            await self._queue(tx, ticket, "command_error", to=agent, automatic=True,
+                              auto_submitted="auto-replied", answering=incoming.mail,
+                              extra={"errors": errors})
+            return Outcome(incoming.row.id, ticket.id,
+                           f"agent {agent}: {len(errors)} command error(s), nothing applied")
+        body = strip_quoted_reply(parsed.body)
+        public = bool(body) and not parsed.is_note
+        if public:
+            if not any(isinstance(c, SetStatus) for c in parsed.commands):
+                changed = replace(changed, status=after_agent_reply(changed.status))
+            if changed.assignee is None:
+                changed = replace(changed, assignee=agent)
+        await self._store_message(tx, incoming, ticket, body=body,
+                                  kind="agent" if public else "note")
+        for event in _differences(ticket, changed):
+            await tx.add_event(ticket.id, now, agent, *event)
+        changed = replace(changed, updated_at=now)
+        await tx.save_ticket(changed)
+        notice = STATUS_NOTICES.get(changed.status) if changed.status != ticket.status else None
+        requester_and_cc = [p.email for p in await tx.participants(ticket.id)]
+        if public:
+            for to in requester_and_cc:
+                await self._queue(tx, changed, "relay", to=to, automatic=False,
+                                  auto_submitted=None, answering=None,
+                                  from_name=f"{self.agent_names[agent]} via "
+                                            f"{self.config.support.name}",
+                                  extra={"body": body, "status_notice": notice})
+        elif notice and changed.status in (Status.PENDING, Status.SOLVED):
+            for to in requester_and_cc:
+                await self._queue(tx, changed, "status_changed", to=to, automatic=True,
+                                  auto_submitted="auto-generated", answering=None,
+                                  extra={"status_notice": notice})
+        what = "relayed to the customer" if public else "internal note" if body else "no text"
+        return Outcome(incoming.row.id, ticket.id,
+                       f"agent {agent}: {len(parsed.commands)} command(s), {what}")
+
+    def _command_changes(
+        self, ticket: Ticket, parsed: ParsedCommands
+    ) -> tuple[Ticket, list[CommandError]]:
+        errors = list(parsed.errors)
+        changed = ticket
+        for command in parsed.commands:
+            if isinstance(command, SetStatus):
+                try:
+                    check_move(ticket.status, command.status)
+                except IllegalMove as e:
+                    errors.append(CommandError(f"#status {command.status}", str(e)))
+                changed = replace(changed, status=command.status)
+            elif isinstance(command, Assign):
+                changed = replace(changed, assignee=command.agent)
+            elif isinstance(command, SetPriority):
+                changed = replace(changed, priority=command.priority)
+            elif isinstance(command, SetGroup):
+                changed = replace(changed, group=command.group)
+        return changed, errors
+
+    # -- effects -------------------------------------------------------------------------
+
+    async def _store_message(self, tx: Tx, incoming: _Incoming, ticket: Ticket, *, body: str,
+                             kind: str | None = None) -> None:
+        now, mail = self.clock.now(), incoming.mail
+        if kind is None:
+            kind = "customer" if incoming.decision.answerable else "machine"
+        await tx.add_message(
+            ticket_id=ticket.id, inbox_id=incoming.row.id, kind=kind, author=incoming.sender,
+            subject=mail.subject, body=body, at=now,
+            attachments=[(a.filename, a.content_type, a.size, a.sha256)
+                         for a in mail.attachments])
+        if mail.message_id:
+            await tx.remember_message_id(mail.message_id, ticket.id)
+        if not incoming.decision.answerable:
+            await tx.add_event(ticket.id, now, "supportd", "not answered",
+                               f"{incoming.decision.check}: {incoming.decision.reason}")
+        if incoming.unauthenticated_agent:
+            await tx.add_event(ticket.id, now, "supportd", "unauthenticated",
+                               f"mail from agent address {incoming.sender} is not authenticated "
+                               "(no agent reply token, no trusted DKIM/DMARC pass): handled as "
+                               "customer mail, commands not run")
+
+    async def _notify_agents(self, tx: Tx, ticket: Ticket, kind: str, incoming: _Incoming,
+                             *, body: str) -> str:
+        if ticket.assignee and ticket.assignee in self.agent_names:
+            agents = [ticket.assignee]
+        else:
+            agents = [a.email for a in self.config.agents_in(ticket.group)]
+        for agent in agents:
+            await self._queue(tx, ticket, kind, to=agent, automatic=False,
+                              auto_submitted="auto-generated", answering=incoming.mail,
+                              agent=agent, extra={
+                                  "author": incoming.sender, "body": body,
+                                  "attachments": [f"{a.filename or '(no name)'} "
+                                                  f"({a.content_type}, {a.size} bytes)"
+                                                  for a in incoming.mail.attachments]})
+        return f"{len(agents)} agent(s) notified" if agents else "no agent in the group to notify"
+
+    async def _queue(
+        self, tx: Tx, ticket: Ticket, kind: str, *, to: str, automatic: bool,
+        auto_submitted: str | None, answering: ParsedMail | None, agent: str | None = None,
+        from_name: str | None = None, extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Render and queue one mail in this transaction (transactional outbox)."""
+        now, support = self.clock.now(), self.config.support
+        address = support.addresses[0]
+        subject = f"[{support.subject_prefix} #{ticket.id}] {ticket.subject}"
+        if answering is not None or kind == "relay":
+            subject = "Re: " + subject
+        context: dict[str, Any] = {
+            "ticket": ticket, "support_name": support.name, "prefix": support.subject_prefix,
+            "subject": subject, **(extra or {}),
+        }
+        message_id = new_message_id(ticket.id, address.rpartition("@")[2])
+        references = tuple(answering.references[-10:]) if answering else ()
+        if answering and answering.message_id:
+            references = (*references, answering.message_id)
+        raw = compose_mail(
+            Headers(
+                from_name=from_name or support.name, from_addr=address, to=to, subject=subject,
+                reply_to=token_address(address, make_token(support.hmac_key, ticket.id, agent)),
+                message_id=message_id,
+                in_reply_to=answering.message_id if answering else None,
+                references=references, auto_submitted=auto_submitted, loop_address=address,
+                date=now,
+            ),
+            self.renderer.render(kind, context),
+        )
+        await tx.queue_mail(QueuedMail(ticket.id, kind, automatic, address, to, message_id, raw),
+                            now)
+        await tx.remember_message_id(message_id, ticket.id)
+
+    def _clean_subject(self, subject: str) -> str:
+        """The ticket's subject: reply prefixes and our own tag taken off."""
+        tag = rf"\[{re.escape(self.config.support.subject_prefix)} #\d+\]"
+        cleaned = re.sub(rf"^(\s*((re|fw|fwd|aw|sv|antw)\s*:|{tag})\s*)+", "", subject,
+                         flags=re.IGNORECASE)
+        return cleaned.strip()[:200] or "(no subject)"
+
+    def _cc_addresses(self, mail: ParsedMail, sender: str) -> list[str]:
+        """Others the customer wrote to: they stay on the conversation (not us, not agents)."""
+        support = frozenset(self.config.support.addresses)
+        ours = {*support, *self.agent_names, sender}
+        return list(dict.fromkeys(
+            a.email for a in (*mail.to, *mail.cc)
+            if a.email not in ours and token_in_address(a.email, support) is None
+        ))
+
+
+def _differences(before: Ticket, after: Ticket) -> list[tuple[str, str]]:
+    """Event rows (kind, detail) for what changed between two versions of a ticket."""
+    events = []
+    for kind, old, new in (("status", before.status, after.status),
+                           ("assignee", before.assignee, after.assignee),
+                           ("priority", before.priority, after.priority),
+                           ("group", before.group, after.group)):
+        if old != new:
+            events.append((kind, f"{old or 'nobody'} -> {new or 'nobody'}"))
+    return events
