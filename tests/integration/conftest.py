@@ -148,7 +148,7 @@ class Daemon:
 
     def send(self, msg: EmailMessage | bytes, *, mail_from: str | None = None,
              to: list[str] | None = None) -> dict[str, tuple[int, bytes]]:
-        raw = msg if isinstance(msg, bytes) else msg.as_bytes()
+        raw = msg if isinstance(msg, bytes) else msg.as_bytes(policy=email.policy.SMTP)
         if isinstance(msg, EmailMessage):
             mail_from = mail_from if mail_from is not None else msg["From"].addresses[0].addr_spec
             to = to or [a.addr_spec for a in msg["To"].addresses]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from tests.integration.conftest import Daemon, body_text, mail, reply_to
 
 CUSTOMER = "carol@customer.example"
+FIRST_ID = "<first@customer.example>"
 
 
 def open_ticket(daemon: Daemon) -> tuple[object, object]:
     """Carol writes in; returns (acknowledgement to Carol, notification to Alice)."""
-    daemon.send(mail(sender=CUSTOMER))
+    daemon.send(mail(sender=CUSTOMER, message_id=FIRST_ID))
     sent = {m["To"]: m for m in daemon.new_mail(2)}
     return sent[CUSTOMER], sent["alice@example.com"]
 
@@ -23,7 +26,7 @@ def test_new_mail_gets_acknowledgement_and_agent_notification(daemon: Daemon) ->
     assert ack["Auto-Submitted"] == "auto-replied"
     assert "ticket #1" in body_text(ack)  # type: ignore[arg-type]
     assert re.fullmatch(r"support\+1-[0-9a-f]{16}@example\.com", str(ack["Reply-To"]))
-    assert ack["In-Reply-To"] and ack["Message-ID"] and ack["References"]
+    assert ack["In-Reply-To"] == ack["References"] == FIRST_ID and ack["Message-ID"]
     assert "Hello, our app returns 502 since noon." in body_text(note)  # type: ignore[arg-type]
     assert note["Reply-To"] != ack["Reply-To"]  # the agent's token is their own
     ticket = daemon.ticket(1)
@@ -61,6 +64,7 @@ def test_agent_reply_is_relayed_without_quote_and_commands_apply(daemon: Daemon)
     assert "wrote:" not in text and "> " not in text and "#status" not in text
     assert "waiting for your reply" in text  # the status notice rides along
     assert relay["Auto-Submitted"] is None  # a person wrote it
+    assert relay["References"].startswith(FIRST_ID)  # threads under Carol's first mail
     assert "Alice via Example Support" in str(relay["From"])
     ticket = daemon.ticket(1)
     assert (ticket["status"], ticket["priority"], ticket["assignee"]) == (
@@ -155,3 +159,35 @@ def test_subject_tag_threads_only_for_people_on_the_ticket(daemon: Daemon) -> No
     rows = daemon.query("SELECT ticket_id, author FROM messages ORDER BY id")
     assert [(r["ticket_id"], r["author"]) for r in rows] == [
         (1, CUSTOMER), (1, CUSTOMER), (2, "mallory@evil.example")]
+
+
+def test_real_client_replies_are_relayed_as_their_visible_text(
+    daemon: Daemon, corpora: Path
+) -> None:
+    """Replies written by real mail clients (Outlook, iPhone, BlackBerry) reach the customer
+    without the history they quote or their signature."""
+    folder = corpora / "github-erp"
+    expected = json.loads((folder / "expectations.json").read_text())["files"]
+    samples = ["email_2_1.txt", "email_iPhone.txt", "email_BlackBerry.txt"]
+    _, note = open_ticket(daemon)
+    for name in samples:
+        body = (folder / "test" / "emails" / name).read_text()
+        daemon.send(reply_to(note, sender="alice@example.com", body=body))
+        [relay] = daemon.new_mail(1)
+        want = expected[name].get("visible_text") or expected[name]["visible_text_derived"]
+        assert body_text(relay).strip() == want.strip(), name
+
+
+def test_cli_lists_and_shows_tickets(daemon: Daemon) -> None:
+    open_ticket(daemon)
+
+    listing = daemon.cli("tickets", "--status", "new")
+    shown = daemon.cli("show", "1")
+
+    assert listing.returncode == 0 and "Our app is down" in listing.stdout
+    assert "1 ticket(s)" in listing.stdout
+    assert daemon.cli("tickets", "--status", "solved").stdout.strip().endswith("0 ticket(s)")
+    assert shown.returncode == 0
+    assert "Hello, our app returns 502 since noon." in shown.stdout
+    assert "acknowledgement  to carol@customer.example" in shown.stdout
+    assert daemon.cli("show", "99").returncode == 1

@@ -360,6 +360,13 @@ class Tx:
             ids) as cur:
             return {r[0]: r[1] for r in await cur.fetchall()}
 
+    async def thread_message_ids(self, ticket_id: int) -> list[str]:
+        """The ticket's Message-IDs, oldest first: the References of mail we send on it."""
+        async with self._db.execute(
+            "SELECT message_id FROM message_ids WHERE ticket_id = ? ORDER BY rowid",
+            (ticket_id,)) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
     async def remember_message_id(self, message_id: str, ticket_id: int) -> None:
         await self.execute(
             "INSERT INTO message_ids (message_id, ticket_id) VALUES (?, ?) ON CONFLICT DO NOTHING",

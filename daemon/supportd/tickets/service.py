@@ -51,8 +51,7 @@ log = logging.getLogger("supportd.tickets")
 TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
                   "command_error")
 STATUS_NOTICES = {
-    Status.PENDING: "We have answered and are waiting for your reply. If we do not hear from "
-                    "you, this ticket will be closed in a few days.",
+    Status.PENDING: "We have answered and are waiting for your reply: just answer this mail.",
     Status.SOLVED: "We consider this ticket solved. If anything is still wrong, just reply "
                    "and it will be reopened.",
     Status.OPEN: "This ticket is open again; we are working on it.",
@@ -242,7 +241,11 @@ class TicketService:
             await tx.add_event(ticket.id, now, agent, *event)
         changed = replace(changed, updated_at=now)
         await tx.save_ticket(changed)
-        notice = STATUS_NOTICES.get(changed.status) if changed.status != ticket.status else None
+        notice = None
+        # New -> Open is our bookkeeping; the customer hears of moves that concern them.
+        if changed.status != ticket.status and (ticket.status, changed.status) != (
+                Status.NEW, Status.OPEN):
+            notice = STATUS_NOTICES.get(changed.status)
         requester_and_cc = [p.email for p in await tx.participants(ticket.id)]
         if public:
             for to in requester_and_cc:
@@ -335,15 +338,19 @@ class TicketService:
             "subject": subject, **(extra or {}),
         }
         message_id = new_message_id(ticket.id, address.rpartition("@")[2])
-        references = tuple(answering.references[-10:]) if answering else ()
-        if answering and answering.message_id:
-            references = (*references, answering.message_id)
+        if answering is not None:
+            in_reply_to = answering.message_id
+            references = (*answering.references[-10:], *filter(None, [in_reply_to]))
+        else:  # not an answer to one mail: thread under the ticket's first and latest mails
+            known = await tx.thread_message_ids(ticket.id)
+            in_reply_to = known[-1] if known else None
+            references = tuple(dict.fromkeys(known[:1] + known[-9:]))
         raw = compose_mail(
             Headers(
                 from_name=from_name or support.name, from_addr=address, to=to, subject=subject,
                 reply_to=token_address(address, make_token(support.hmac_key, ticket.id, agent)),
                 message_id=message_id,
-                in_reply_to=answering.message_id if answering else None,
+                in_reply_to=in_reply_to,
                 references=references, auto_submitted=auto_submitted, loop_address=address,
                 date=now,
             ),

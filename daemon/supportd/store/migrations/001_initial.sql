@@ -49,10 +49,11 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_ticket ON messages (ticket_id, id);
 
-CREATE TABLE message_ids (
+CREATE TABLE message_ids (                -- every Message-ID stored or sent, in order
     message_id TEXT PRIMARY KEY,
     ticket_id INTEGER NOT NULL REFERENCES tickets (id)
-) WITHOUT ROWID;
+);
+CREATE INDEX message_ids_ticket ON message_ids (ticket_id);
 
 CREATE TABLE attachments (
     id INTEGER PRIMARY KEY,
