@@ -93,3 +93,11 @@ def test_check_config_prints_errors_and_exits_2(
 def test_check_config_accepts_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(REPO / "supportd.toml")]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_example_site_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPPORTD_SMTP_PASSWORD", "secret")
+    config = load_config(REPO / "config" / "example-site.toml", create_missing_secrets=False)
+    assert config.outbound.smarthost is not None
+    assert config.outbound.smarthost.password == "secret"
+    assert config.account_for("bob@customer-corp.example") == "Customer Corp"

@@ -50,6 +50,7 @@ log = logging.getLogger("supportd.tickets")
 
 TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
                   "command_error")
+AGENT_NOTICES = ("new_ticket", "customer_reply")
 STATUS_NOTICES = {
     Status.PENDING: "We have answered and are waiting for your reply: just answer this mail.",
     Status.SOLVED: "We consider this ticket solved. If anything is still wrong, just reply "
@@ -331,7 +332,7 @@ class TicketService:
         now, support = self.clock.now(), self.config.support
         address = support.addresses[0]
         subject = f"[{support.subject_prefix} #{ticket.id}] {ticket.subject}"
-        if answering is not None or kind == "relay":
+        if kind not in AGENT_NOTICES:  # the customer's conversation: an answer to them
             subject = "Re: " + subject
         context: dict[str, Any] = {
             "ticket": ticket, "support_name": support.name, "prefix": support.subject_prefix,
