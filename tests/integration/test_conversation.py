@@ -191,3 +191,14 @@ def test_cli_lists_and_shows_tickets(daemon: Daemon) -> None:
     assert "Hello, our app returns 502 since noon." in shown.stdout
     assert "acknowledgement  to carol@customer.example" in shown.stdout
     assert daemon.cli("show", "99").returncode == 1
+
+
+def test_web_form_mail_is_answered_at_its_reply_to(daemon: Daemon) -> None:
+    daemon.send(mail(sender="no-reply@forms.example", Reply_To="Dave <dave@customer.example>",
+                     subject="Form: billing question"))
+
+    sent = {m["To"]: m for m in daemon.new_mail(2)}
+
+    assert "dave@customer.example" in sent
+    assert daemon.ticket(1)["requester"] == "dave@customer.example"
+    assert daemon.ticket(1)["account"] == "Customer Corp"

@@ -74,6 +74,7 @@ class _Incoming:
     row: InboxRow
     mail: ParsedMail
     sender: str
+    answer_to: str  # where automatic answers go: Reply-To if any, else the sender
     token: TokenMatch | None
     is_agent: bool  # an authenticated agent
     unauthenticated_agent: bool  # an agent's address, but not proven
@@ -115,14 +116,17 @@ class TicketService:
             or sender_is_authenticated(sender, mail.headers,
                                        self.config.support.trusted_authserv_ids)
         )
+        # RFC 5322 §3.6.2: answers go to Reply-To when there is one (web forms, no-reply robots).
+        answer_to = next((a.email for a in mail.reply_to if not self._is_ours(a.email)), sender)
         decision = classify(
             mail, envelope_sender=row.mail_from,
             own_addresses=frozenset(self.config.support.addresses),
-            auto_mails_last_hour=await tx.automatic_mails_since(sender, now - timedelta(hours=1)),
+            auto_mails_last_hour=await tx.automatic_mails_since(
+                answer_to, now - timedelta(hours=1)),
             auto_mail_limit=self.config.support.auto_mail_limit,
         )
-        incoming = _Incoming(row, mail, sender, token, proven, agent_address and not proven,
-                             decision)
+        incoming = _Incoming(row, mail, sender, answer_to, token, proven,
+                             agent_address and not proven, decision)
         ticket_id = await self._thread(tx, incoming)
         ticket = await tx.ticket(ticket_id) if ticket_id is not None else None
         if ticket is not None and ticket.status == Status.CLOSED:
@@ -169,15 +173,16 @@ class TicketService:
     async def _new_ticket(self, tx: Tx, incoming: _Incoming, *,
                           follow_up_of: int | None) -> Outcome:
         now, mail, sender = self.clock.now(), incoming.mail, incoming.sender
+        requester = incoming.answer_to
         ticket = Ticket(
             id=await tx.next_ticket_id(), subject=self._clean_subject(mail.subject),
             status=Status.NEW, priority=Priority.NORMAL, group=self.config.support.default_group,
-            assignee=None, requester=sender, account=self.config.account_for(sender),
+            assignee=None, requester=requester, account=self.config.account_for(requester),
             created_at=now, updated_at=now,
         )
         await tx.save_ticket(ticket)
-        await tx.add_participant(ticket.id, sender, "requester")
-        for cc in self._cc_addresses(mail, sender):
+        await tx.add_participant(ticket.id, requester, "requester")
+        for cc in self._cc_addresses(mail, requester):
             await tx.add_participant(ticket.id, cc, "cc")
         how = f"follow-up of closed ticket #{follow_up_of}" if follow_up_of else "new mail"
         await tx.add_event(ticket.id, now, sender, "created", f"ticket created from {how} "
@@ -186,7 +191,7 @@ class TicketService:
         if not incoming.decision.answerable:
             return Outcome(incoming.row.id, ticket.id,
                            f"new ticket, not answered: {incoming.decision.reason}")
-        await self._queue(tx, ticket, "acknowledgement", to=sender, automatic=True,
+        await self._queue(tx, ticket, "acknowledgement", to=requester, automatic=True,
                           auto_submitted="auto-replied", answering=mail)
         notice = await self._notify_agents(tx, ticket, "new_ticket", incoming, body=mail.text)
         return Outcome(incoming.row.id, ticket.id,
@@ -368,13 +373,16 @@ class TicketService:
                          flags=re.IGNORECASE)
         return cleaned.strip()[:200] or "(no subject)"
 
-    def _cc_addresses(self, mail: ParsedMail, sender: str) -> list[str]:
-        """Others the customer wrote to: they stay on the conversation (not us, not agents)."""
+    def _is_ours(self, address: str) -> bool:
         support = frozenset(self.config.support.addresses)
-        ours = {*support, *self.agent_names, sender}
+        return address in support or token_in_address(address, support) is not None
+
+    def _cc_addresses(self, mail: ParsedMail, requester: str) -> list[str]:
+        """Others the customer wrote to: they stay on the conversation (not us, not agents)."""
         return list(dict.fromkeys(
             a.email for a in (*mail.to, *mail.cc)
-            if a.email not in ours and token_in_address(a.email, support) is None
+            if a.email != requester and a.email not in self.agent_names
+            and not self._is_ours(a.email)
         ))
 
 
