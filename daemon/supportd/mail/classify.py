@@ -143,6 +143,8 @@ def null_sender(mail: ParsedMail, circumstances: Circumstances) -> Decision | No
         return Decision(False, "null_sender", "Return-Path: <> shows the null envelope sender")
     if _is_null_path(mail.header("from")):
         return Decision(False, "null_sender", "From: <> is the null address")
+    if mail.from_addr is None and not mail.reply_to and not circumstances.envelope_sender:
+        return Decision(False, "null_sender", "no From, Reply-To or envelope sender to answer")
     return None
 
 
