@@ -6,16 +6,26 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import time
+from typing import Protocol
+
+from aiohttp import web
 
 from supportd.clock import Clock, SystemClock
-from supportd.config import Config
+from supportd.config import Config, ConfigError, ConfigInvalid, load_config
+from supportd.intake.imap import MailboxWatcher
+from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
 from supportd.mail.auth import token_in_address, verify_token
+from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS
 from supportd.outbound.outbox import OutboxWorker
 from supportd.outbound.templates import Renderer
 from supportd.outbound.transport import MaildirTransport, MxTransport, SmtpTransport, Transport
 from supportd.store.sqlite import Store
+from supportd.systemd import Notifier, listen_sockets, watchdog_interval
 from supportd.tickets.service import TEMPLATE_KINDS, TicketService
+from supportd.web.monitoring import monitoring_app, read_counts, serve_monitoring
 
 log = logging.getLogger("supportd")
 
@@ -45,18 +55,55 @@ def recipient_check(config: Config):  # type: ignore[no-untyped-def]
     return is_our_recipient
 
 
+def load_renderer(config: Config) -> Renderer:
+    """The templates of `config`, checked; a missing or broken one is a config error."""
+    renderer = Renderer(config.outbound.templates)
+    problems = renderer.check(TEMPLATE_KINDS)
+    if problems:
+        raise ConfigInvalid([ConfigError(str(config.path), "outbound.templates", problem)
+                             for problem in problems])
+    return renderer
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot apply: bound sockets and the open store stay as they are."""
+    pairs = {
+        "smtp.listen": (old.smtp.listen, new.smtp.listen),
+        "smtp.lmtp_listen": (old.smtp.lmtp_listen, new.smtp.lmtp_listen),
+        "smtp.hostname": (old.smtp.hostname, new.smtp.hostname),
+        "smtp.max_message_size": (old.smtp.max_message_size, new.smtp.max_message_size),
+        "store.path": (old.store_path, new.store_path),
+        "imap": (old.imap, new.imap),
+        "http.listen": (old.http.listen, new.http.listen),
+    }
+    return [key for key, (before, after) in pairs.items() if before != after]
+
+
 class Processor:
     """Runs every new inbox row through the ticket service, oldest first."""
 
     def __init__(self, store: Store, service: TicketService, outbox: OutboxWorker) -> None:
         self.store, self.service, self.outbox = store, service, outbox
         self.wake = asyncio.Event()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Return from run() once the mail in process now is committed (SIGTERM)."""
+        self.stopping = True
+        self.wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:
             self.wake.clear()
             for inbox_id in await self.store.inbox_ids("new"):
-                await self.service.process(inbox_id)
+                if self.stopping:
+                    return
+                started = time.perf_counter()
+                outcome = await self.service.process(inbox_id)
+                if outcome.retry:
+                    break  # the store cannot write now (disk full): try again after the wait
+                PROCESSING_SECONDS.observe(time.perf_counter() - started)
+                MAILS_PROCESSED.labels("failed" if outcome.failed else "done").inc()
                 self.outbox.wake.set()
             with contextlib.suppress(TimeoutError):
                 # The event covers our own intake; the timeout catches rows added by others
@@ -64,48 +111,183 @@ class Processor:
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
 
+class Worker(Protocol):
+    async def run(self) -> None: ...
+
+    def stop(self) -> None:
+        """Make run() return after the job in hand."""
+
+
+STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to systemd
+
+
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:
-    clock = clock or SystemClock()
-    renderer = Renderer(config.outbound.templates)
-    problems = renderer.check(TEMPLATE_KINDS)
-    if problems:
-        raise RuntimeError("templates: " + "; ".join(problems))
-    store = await Store.open(config.store_path)
-    outbox = OutboxWorker(store=store, transport=make_transport(config), clock=clock,
-                          max_attempts=config.outbound.max_attempts)
-    processor = Processor(store, TicketService(config, store, clock, renderer), outbox)
-    servers = []
-    listeners = [(config.smtp.listen, False)]
-    if config.smtp.lmtp_listen is not None:
-        listeners.append((config.smtp.lmtp_listen, True))
-    for listen, lmtp in listeners:
-        handler = IntakeHandler(store=store, clock=clock, source="lmtp" if lmtp else "smtp",
-                                is_our_recipient=recipient_check(config),
-                                on_accept=processor.wake.set)
-        servers.append(await serve(handler, host=listen.host, port=listen.port,
-                                   hostname=config.smtp.hostname,
-                                   max_size=config.smtp.max_message_size, lmtp=lmtp))
-        log.info("listening for %s on %s:%d", "LMTP" if lmtp else "SMTP", listen.host,
-                 listen.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(processor.run(), name="processor"),
-             asyncio.create_task(outbox.run(), name="outbox")]
-    log.info("supportd ready: store %s, outbound %s", config.store_path,
-             config.outbound.transport)
-    stopping = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    log.info("supportd stopping")
-    for server in servers:
-        server.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for server in servers:
-        await server.wait_closed()
-    await store.close()
-    for task in tasks:
-        if task in done and (error := task.exception()) is not None:
-            raise error
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config; systemd hears of each step."""
+    notifier = Notifier.from_environment()
+    try:
+        await Supportd(config, clock or SystemClock(), notifier).run()
+    finally:
+        notifier.close()
+
+
+class Supportd:
+    """The running daemon: its parts, the config they use, and its life from READY to exit."""
+
+    def __init__(self, config: Config, clock: Clock, notifier: Notifier) -> None:
+        self.config, self.clock, self.notifier = config, clock, notifier
+        self.sessions = Sessions()
+        self.handlers: list[IntakeHandler] = []
+        self.servers: list[asyncio.Server] = []
+        self.events: asyncio.Queue[str] = asyncio.Queue()  # "reload", "stop", "worker"
+
+    async def run(self) -> None:
+        renderer = load_renderer(self.config)
+        self.store = await Store.open(self.config.store_path)
+        self.outbox = OutboxWorker(store=self.store, transport=make_transport(self.config),
+                                   clock=self.clock, max_attempts=self.config.outbound.max_attempts)
+        self.processor = Processor(
+            self.store, TicketService(self.config, self.store, self.clock, renderer), self.outbox)
+        workers: dict[str, Worker] = {"processor": self.processor, "outbox": self.outbox}
+        for mailbox in self.config.imap:
+            workers[f"imap:{mailbox.name}"] = MailboxWatcher(
+                mailbox, self.store, self.clock, on_accept=self.processor.wake.set)
+        tasks: list[asyncio.Task[None]] = []
+        helpers: list[asyncio.Task[None]] = []
+        web_runner = None
+        try:
+            passed = listen_sockets()
+            await self._listen(passed)
+            if self.config.http.listen is not None or "http" in passed:
+                web_runner = await self._serve_http(passed.get("http"), tasks)
+            for name, worker in workers.items():
+                tasks.append(asyncio.create_task(worker.run(), name=name))
+                tasks[-1].add_done_callback(lambda _: self.events.put_nowait("worker"))
+            loop = asyncio.get_running_loop()
+            for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                               (signal.SIGHUP, "reload")):
+                loop.add_signal_handler(sig, self.events.put_nowait, event)
+            if (interval := watchdog_interval()) is not None:
+                helpers.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+            self.notifier.ready(await self.status_line())
+            log.info("supportd ready: store %s, outbound %s", self.config.store_path,
+                     self.config.outbound.transport)
+            if self.notifier.enabled:
+                helpers.append(asyncio.create_task(self._report_status(), name="status"))
+            while (event := await self.events.get()) == "reload":
+                await self.reload()
+            await self._shutdown(workers, tasks, why=event)
+        finally:
+            for server in self.servers:
+                server.close()
+            for task in [*tasks, *helpers]:
+                task.cancel()
+            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+            if web_runner is not None:
+                await web_runner.cleanup()
+            await self.store.close()
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
+    async def _listen(self, passed: dict[str, socket.socket]) -> None:
+        smtp = self.config.smtp
+        listeners: list[tuple[str, tuple[str, int] | socket.socket, bool]] = [
+            ("smtp", passed.get("smtp") or (smtp.listen.host, smtp.listen.port), False)]
+        if "lmtp" in passed:
+            listeners.append(("lmtp", passed["lmtp"], True))
+        elif smtp.lmtp_listen is not None:
+            listeners.append(("lmtp", (smtp.lmtp_listen.host, smtp.lmtp_listen.port), True))
+        for name in sorted(set(passed) - {"smtp", "lmtp", "http"}):
+            log.warning("ignoring socket %r from systemd: supportd knows smtp, lmtp, http", name)
+        for name, at, lmtp in listeners:
+            handler = IntakeHandler(store=self.store, clock=self.clock, source=name,
+                                    is_our_recipient=recipient_check(self.config),
+                                    on_accept=self.processor.wake.set)
+            self.servers.append(await serve(
+                handler, at=at, hostname=smtp.hostname, max_size=smtp.max_message_size,
+                lmtp=lmtp, sessions=self.sessions))
+            self.handlers.append(handler)
+            log.info("listening for %s on %s", name.upper(),
+                     "a socket from systemd" if isinstance(at, socket.socket)
+                     else f"{at[0]}:{at[1]}")
+
+    async def _serve_http(self, sock: socket.socket | None,
+                          tasks: list[asyncio.Task[None]]) -> web.AppRunner:
+        app = monitoring_app(store=self.store, clock=self.clock,
+                             workers_running=lambda: not any(t.done() for t in tasks))
+        listen = self.config.http.listen
+        if sock is not None or listen is None:
+            runner = await serve_monitoring(app, sock=sock)
+            log.info("serving /healthz and /metrics on a socket from systemd")
+        else:
+            runner = await serve_monitoring(app, host=listen.host, port=listen.port)
+            log.info("serving /healthz and /metrics on http://%s:%d", listen.host, listen.port)
+        return runner
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config file again; a broken one is logged and the old one kept."""
+        self.notifier.reloading()
+        path = self.config.path
+        try:
+            config = load_config(path)
+            renderer = load_renderer(config)
+        except ConfigInvalid as invalid:
+            for error in invalid.errors:
+                log.error("reload rejected, old config kept: %s", error)
+        else:
+            self.apply(config, renderer)
+            log.info("reloaded %s: %d agents, %d groups, support at %s", path,
+                     len(config.agents), len(config.groups), ", ".join(config.support.addresses))
+        self.notifier.ready(await self.status_line())
+
+    def apply(self, config: Config, renderer: Renderer) -> None:
+        """Put a checked config into the running parts; open sessions stay open."""
+        for key in restart_only_changes(self.config, config):
+            log.warning("reload: %s changed; that takes effect at the next restart", key)
+        is_our_recipient = recipient_check(config)
+        for handler in self.handlers:
+            handler.is_our_recipient = is_our_recipient
+        self.processor.service = TicketService(config, self.store, self.clock, renderer)
+        self.outbox.transport = make_transport(config)
+        self.outbox.max_attempts = config.outbound.max_attempts
+        self.config = config
+
+    async def _shutdown(self, workers: dict[str, Worker], tasks: list[asyncio.Task[None]],
+                        *, why: str) -> None:
+        """Stop listening, let SMTP transactions and the jobs in hand finish, then return."""
+        self.notifier.stopping()
+        log.info("supportd stopping (%s): %d SMTP session(s) open", why, len(self.sessions.open))
+        for server in self.servers:
+            server.close()
+        for worker in workers.values():
+            worker.stop()
+        smtp = self.config.smtp
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + smtp.shutdown_timeout  # all of it, so TimeoutStopSec holds
+        cut = await self.sessions.drain(grace=smtp.shutdown_grace, limit=smtp.shutdown_timeout)
+        _, late = await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
+        for task in late:
+            log.warning("worker %s did not stop in %ds; cancelled", task.get_name(),
+                        smtp.shutdown_timeout)
+        log.info("supportd stopped: SMTP drained, %d session(s) cut off", cut)
+
+    async def status_line(self) -> str:
+        try:
+            counts = await read_counts(self.store, self.clock)
+        except Exception as error:
+            return f"store unavailable: {error}"
+        failed = counts.outbox.get("failed", 0)
+        return (f"{counts.mails_since} mails today, {counts.open_tickets} open tickets, "
+                f"outbox {counts.outbox.get('queued', 0)} queued"
+                + (f", {failed} failed" if failed else ""))
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self.notifier.status(await self.status_line())
+
+    async def _watchdog(self, interval: float) -> None:
+        # Sent from the event loop itself: a loop that hangs stops the pings (systemd.service(5)).
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)

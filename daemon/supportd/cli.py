@@ -1,10 +1,9 @@
-"""CLI: `supportd run | check-config | tickets | show | replay`, each with --help."""
+"""CLI: `supportd run | check-config | tickets | show | replay | imap-check`, each with --help."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 from supportd.app import run_daemon
 from supportd.clock import SystemClock
 from supportd.config import Config, ConfigInvalid, load_config
+from supportd.intake.imap import check_mailbox
+from supportd.logs import configure_logging
 from supportd.outbound.templates import Renderer
 from supportd.store.sqlite import Store
 from supportd.tickets.model import Status
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("run", help="run the daemon until SIGTERM",
-                        description="Run the daemon: SMTP intake, processing, outbound mail.")
+                        description="Run the daemon: SMTP intake, processing, outbound mail. "
+                                    "SIGHUP reloads the config file and templates; SIGTERM "
+                                    "lets open SMTP transactions finish, then exits. Under "
+                                    "systemd (Type=notify) it reports READY, STATUS and "
+                                    "WATCHDOG and logs with journald priorities.")
     commands.add_parser("check-config", help="check the config file and templates",
                         description="Check the config file and the templates; print every "
                                     "error with file, key and reason; exit 2 if any.")
@@ -45,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                                description="Show a ticket: its fields, participants, "
                                            "messages, events and outbound mail.")
     show.add_argument("ticket", type=int)
+    imap_check = commands.add_parser(
+        "imap-check", help="log in to the [[imap]] mailboxes and count waiting mail",
+        description="Connect to each [[imap]] mailbox (or only NAME), log in, and show the "
+                    "server's capabilities and how many mails wait to be fetched. Changes "
+                    "nothing: the folder is opened read-only (EXAMINE). Exit 1 on a problem.")
+    imap_check.add_argument("name", nargs="?", help="one [[imap]] name (default: every one)")
     replay = commands.add_parser(
         "replay", help="process failed inbox mail again",
         description="Run failed inbox mail through processing again, after a fix. The raw "
@@ -58,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                          help="the TOML config file (default: ./supportd.toml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)  # journald priorities under systemd, else readable
 
     if args.command == "check-config":
         return check_config(args.config)
@@ -75,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                                         args.limit),
         "show": lambda: show_ticket(config, args.ticket),
         "replay": lambda: replay_inbox(config, args.inbox_id, every_failed=args.failed),
+        "imap-check": lambda: imap_check_command(config, args.name),
     }
     return asyncio.run(actions[args.command]())
 
 
 async def _run(config: Config) -> int:
-    await run_daemon(config)
+    try:
+        await run_daemon(config)
+    except ConfigInvalid as invalid:  # the templates, checked at start
+        for error in invalid.errors:
+            print(error, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -147,6 +163,33 @@ async def show_ticket(config: Config, ticket_id: int) -> int:
         error = f" ({o.last_error})" if o.last_error else ""
         print(f"  {o.kind:16} to {o.rcpt_to:28} {o.state}{error}")
     return 0
+
+
+async def imap_check_command(config: Config, name: str | None) -> int:
+    mailboxes = [m for m in config.imap if name in (None, m.name)]
+    if not mailboxes:
+        print(f"{config.path}: no [[imap]] mailbox" + (f" named {name!r}" if name else ""),
+              file=sys.stderr)
+        return 2
+    positions = {}
+    if config.store_path.exists():  # never create the store just to look
+        store = await Store.open(config.store_path)
+        try:
+            positions = {m.name: await store.imap_position(m.name) for m in mailboxes}
+        finally:
+            await store.close()
+    problems = 0
+    for mailbox in mailboxes:
+        print(f"imap {mailbox.name}: {mailbox.user} at {mailbox.host}:{mailbox.port} "
+              f"(tls {mailbox.tls})")
+        try:
+            lines = await check_mailbox(mailbox, positions.get(mailbox.name))
+        except Exception as error:
+            lines = [f"PROBLEM: {type(error).__name__}: {error}"]
+        problems += any(line.startswith("PROBLEM") for line in lines)
+        for line in lines:
+            print("  " + line)
+    return 1 if problems else 0
 
 
 async def replay_inbox(config: Config, inbox_id: int | None, *, every_failed: bool) -> int:

@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar, cast
 
 T = TypeVar("T")
 TransportName = Literal["maildir", "smtp", "mx"]
+ImapTls = Literal["implicit", "starttls", "none"]
+ImapAfter = Literal["move", "seen"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class SmtpConfig:
     lmtp_listen: Listen | None
     hostname: str
     max_message_size: int
+    shutdown_grace: int = 5         # seconds open sessions may go on after SIGTERM
+    shutdown_timeout: int = 60      # seconds until sessions still in DATA are cut off
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,32 @@ class Account:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """One watched mailbox ([[imap]]); the XOAUTH2 token file is re-read at each login."""
+
+    name: str
+    host: str
+    port: int
+    tls: ImapTls
+    tls_verify: bool
+    tls_ca_file: Path | None
+    user: str
+    password: str | None
+    xoauth2_token_file: Path | None
+    folder: str
+    after: ImapAfter
+    move_to: str
+    poll_interval: float
+    idle_renew: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: Listen | None           # None: no HTTP server (/healthz, /metrics)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     support: SupportConfig
@@ -103,6 +133,8 @@ class Config:
     groups: tuple[Group, ...]
     agents: tuple[Agent, ...]
     accounts: tuple[Account, ...]
+    imap: tuple[ImapConfig, ...] = ()
+    http: HttpConfig = HttpConfig(listen=None)
     agent_by_email: dict[str, Agent] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -197,8 +229,13 @@ class _Reader:
             self.error(name, f"must be a plain address like user@example.com, not {value!r}")
         return value.strip().lower()
 
-    def secret(self, name: str, base: Path, *, create_missing: bool) -> str | None:
-        """A secret from `<name>_file` (a path) or `<name>_env` (an environment variable)."""
+    def secret(self, name: str, base: Path, *, generate: Literal["no", "check", "yes"] = "no"
+               ) -> str | None:
+        """A secret from `<name>_file` (a path) or `<name>_env` (an environment variable).
+
+        `generate`: whether a missing file is a key supportd makes itself ("yes" makes it,
+        "check" only accepts that `supportd run` will); passwords are never made up.
+        """
         file = self.string(f"{name}_file", "")
         env = self.string(f"{name}_env", "")
         if file and env:
@@ -212,7 +249,9 @@ class _Reader:
         if not file:
             return None
         path = (base / file).resolve()
-        if not path.exists() and create_missing:
+        if not path.exists() and generate == "check":
+            return secrets.token_hex(32)  # stands in for the key `supportd run` will create
+        if not path.exists() and generate == "yes":
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
@@ -220,8 +259,6 @@ class _Reader:
         try:
             value = path.read_text().strip()
         except OSError as e:
-            if not create_missing and not path.exists():
-                return "(created by supportd run)"
             self.error(f"{name}_file", f"cannot read {path}: {e.strerror}")
             return None
         if not value:
@@ -250,7 +287,8 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     )
     if not addresses:
         support.error("addresses", "must name at least one support address")
-    hmac_key = support.secret("hmac_key", base, create_missing=create_missing_secrets)
+    hmac_key = support.secret("hmac_key", base,
+                              generate="yes" if create_missing_secrets else "check")
     if hmac_key is None:
         support.error("hmac_key_file", "set hmac_key_file or hmac_key_env: reply tokens need a key")
     elif len(hmac_key) < 16:
@@ -277,8 +315,17 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
         lmtp_listen=smtp.listen("lmtp_listen", None),
         hostname=smtp.string("hostname", "localhost"),
         max_message_size=smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024),
+        shutdown_grace=smtp.integer("shutdown_grace", 5),
+        shutdown_timeout=smtp.integer("shutdown_timeout", 60, minimum=1),
     )
+    if smtp_cfg.shutdown_grace > smtp_cfg.shutdown_timeout:
+        smtp.error("shutdown_grace", f"must not exceed smtp.shutdown_timeout "
+                   f"({smtp_cfg.shutdown_timeout}), not {smtp_cfg.shutdown_grace}")
     smtp.finish()
+
+    http = top.child("http", top.table_of("http"))
+    http_cfg = HttpConfig(listen=http.listen("listen", None))
+    http.finish()
 
     store = top.child("store", top.table_of("store"))
     store_path = store.path("path", "var/supportd.sqlite3", base)
@@ -326,6 +373,7 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
         if not accounts[-1].name:
             a.error("name", "is required")
         a.finish()
+    imap = _imap(top, base)
     top.finish()
 
     if errors:
@@ -333,7 +381,7 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     return Config(
         path=path, support=support_cfg, smtp=smtp_cfg, store_path=store_path,
         outbound=outbound_cfg, groups=tuple(groups), agents=tuple(agents),
-        accounts=tuple(accounts),
+        accounts=tuple(accounts), imap=imap, http=http_cfg,
     )
 
 
@@ -356,7 +404,7 @@ def _outbound(top: _Reader, base: Path, create_missing_secrets: bool) -> Outboun
             starttls=s.boolean("starttls", True),
             tls_verify=s.boolean("tls_verify", True),
             username=s.string("username", "") or None,
-            password=s.secret("password", base, create_missing=False),
+            password=s.secret("password", base),
         )
         s.finish()
     config = OutboundConfig(
@@ -368,6 +416,68 @@ def _outbound(top: _Reader, base: Path, create_missing_secrets: bool) -> Outboun
     )
     out.finish()
     return config
+
+
+def _imap(top: _Reader, base: Path) -> tuple[ImapConfig, ...]:
+    mailboxes: list[ImapConfig] = []
+    for i, table in enumerate(top.tables("imap")):
+        m = top.child(f"imap[{i}]", table)
+        name = m.string("name", "")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            m.error("name", f"must be a word of letters, digits, - or _, not {name!r}")
+        elif name in {c.name for c in mailboxes}:
+            m.error("name", f"{name!r} is already the name of another [[imap]] mailbox")
+        host = m.string("host", "")
+        if not host:
+            m.error("host", "is required")
+        tls = m.string("tls", "implicit")
+        if tls not in ("implicit", "starttls", "none"):
+            m.error("tls", f"must be implicit, starttls or none; not {tls!r}")
+            tls = "implicit"
+        # Turning certificate checks off names the host, so a changed host is checked again.
+        no_verify = m.string("tls_no_verify_host", "")
+        if no_verify and no_verify != host:
+            m.error("tls_no_verify_host", f"{no_verify!r} is not this mailbox's host {host!r}")
+        ca_file = m.string("tls_ca_file", "")
+        ca_path = (base / ca_file).resolve() if ca_file else None
+        if ca_path is not None and not ca_path.is_file():
+            m.error("tls_ca_file", f"{ca_path} is not a readable file")
+        user = m.string("user", "")
+        if not user:
+            m.error("user", "is required")
+        password = m.secret("password", base)
+        token_file = m.string("xoauth2_token_file", "")
+        token_path = (base / token_file).resolve() if token_file else None
+        if token_path is not None and password is not None:
+            m.error("xoauth2_token_file", "give a password or an XOAUTH2 token file, not both")
+        elif token_path is None and not {"password_file", "password_env"} & table.keys():
+            m.error("password_file", "set password_file, password_env or xoauth2_token_file")
+        after = m.string("after", "move")
+        if after not in ("move", "seen"):
+            m.error("after", f"must be move or seen; not {after!r}")
+            after = "move"
+        folder = m.string("folder", "INBOX")
+        move_to = m.string("move_to", "")
+        if after == "move" and not move_to:
+            m.error("move_to", "is required when after = \"move\" (the folder for stored mail)")
+        elif after == "move" and move_to == folder:
+            m.error("move_to", f"must differ from folder {folder!r}")
+        poll_interval = m.integer("poll_seconds", 60, minimum=1)
+        idle_renew = m.integer("idle_seconds", 25 * 60, minimum=1)
+        if idle_renew >= 29 * 60:
+            # RFC 2177 §3: servers may log out a client idle for 30 minutes.
+            m.error("idle_seconds", f"must be under 1740 (29 minutes), not {idle_renew}")
+        mailboxes.append(ImapConfig(
+            name=name, host=host,
+            port=m.integer("port", 993 if tls == "implicit" else 143, minimum=1),
+            tls=cast(ImapTls, tls), tls_verify=not no_verify, tls_ca_file=ca_path,
+            user=user, password=password, xoauth2_token_file=token_path,
+            folder=folder, after=cast(ImapAfter, after), move_to=move_to,
+            poll_interval=float(poll_interval), idle_renew=float(idle_renew),
+            batch_size=m.integer("batch_size", 100, minimum=1),
+        ))
+        m.finish()
+    return tuple(mailboxes)
 
 
 def _one_line(text: str) -> str:

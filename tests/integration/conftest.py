@@ -97,6 +97,7 @@ class Daemon:
     max_size: int = 1_000_000
     process: subprocess.Popen[bytes] | None = None
     seen_outbox: set[str] = field(default_factory=set)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. NOTIFY_SOCKET, WATCHDOG_USEC
 
     @property
     def config_path(self) -> Path:
@@ -113,10 +114,14 @@ class Daemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supportd.cli", "--config", str(self.config_path), "run"],
             stdout=log, stderr=log, cwd=self.folder,
-            env={**os.environ, "PYTHONPATH": str(REPO / "daemon")},
+            env={**os.environ, "PYTHONPATH": str(REPO / "daemon"), **self.env},
         )
         log.close()
-        wait_for(self._accepting, what=f"supportd to listen on {self.port}")
+        try:
+            wait_for(self._accepting, what=f"supportd to listen on {self.port}")
+        except BaseException:
+            self.stop()  # a daemon that never came up must not outlive the test
+            raise
 
     def _accepting(self) -> bool:
         assert self.process is not None

@@ -101,3 +101,13 @@ def test_example_site_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.outbound.smarthost is not None
     assert config.outbound.smarthost.password == "secret"
     assert config.account_for("bob@customer-corp.example") == "Customer Corp"
+
+
+def test_missing_password_file_is_an_error_even_when_only_checking(tmp_path: Path) -> None:
+    path = write(tmp_path, '[support]\nhmac_key_env = "HOME"\n[[groups]]\nname = "tier1"\n'
+                           '[outbound]\ntransport = "smtp"\n[outbound.smtp]\nhost = "h"\n'
+                           'password_file = "nope"\n')
+    with pytest.raises(ConfigInvalid) as invalid:
+        load_config(path, create_missing_secrets=False)
+    assert f"{path}: outbound.smtp.password_file: cannot read {tmp_path / 'nope'}: " \
+           "No such file or directory" in [str(e) for e in invalid.value.errors]

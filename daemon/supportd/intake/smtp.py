@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from supportd.clock import Clock
+from supportd.intake.sessions import Sessions
 from supportd.mail.parse import dedupe_key
+from supportd.metrics import MAILS_RECEIVED
 from supportd.store.sqlite import Store
 
 log = logging.getLogger("supportd.intake")
@@ -51,9 +54,12 @@ class IntakeHandler:
             )
         except Exception as error:
             log.error("storing mail from=<%s> failed: %s", envelope.mail_from, error)
+            MAILS_RECEIVED.labels(self.source, "error").inc()
             reply = "451 4.3.0 storage unavailable, try again later"
         else:
             self.on_accept()
+            MAILS_RECEIVED.labels(self.source,
+                                  "duplicate" if accepted.duplicate else "stored").inc()
             what = "duplicate of" if accepted.duplicate else "queued as"
             log.info("inbox=%d %s from=<%s> size=%d %s", accepted.inbox_id, self.source,
                      envelope.mail_from, len(raw), "duplicate" if accepted.duplicate else "stored")
@@ -65,13 +71,19 @@ class IntakeHandler:
 
 
 async def serve(
-    handler: IntakeHandler, *, host: str, port: int, hostname: str, max_size: int, lmtp: bool,
+    handler: IntakeHandler, *, at: tuple[str, int] | socket.socket, hostname: str,
+    max_size: int, lmtp: bool, sessions: Sessions,
 ) -> asyncio.Server:
-    """Listen on host:port; each connection gets a fresh protocol instance."""
-    protocol: type[SMTP] = LMTP if lmtp else SMTP
+    """Listen at (host, port) or on a socket systemd passed; `sessions` tracks connections."""
     kwargs: dict[str, Any] = {
         "data_size_limit": max_size, "hostname": hostname, "decode_data": False,
         "enable_SMTPUTF8": True, "ident": "supportd",
     }
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: protocol(handler, **kwargs), host=host, port=port)
+
+    def protocol() -> SMTP:
+        return sessions.protocol(lmtp=lmtp, handler=handler, **kwargs)
+
+    if isinstance(at, socket.socket):
+        return await loop.create_server(protocol, sock=at)
+    return await loop.create_server(protocol, host=at[0], port=at[1])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.errors import HeaderParseError, MessageDefect
 from email.header import decode_header
+from email.headerregistry import Address as HeaderAddress
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import Compat32
@@ -307,16 +308,27 @@ def _addresses(root: _MimePart, name: str, defects: list[str]) -> tuple[Address,
     for display, email in getaddresses(values):
         if not display and not email:
             continue  # an empty group, e.g. "undisclosed-recipients:;"
-        if not _is_mailbox(email):
+        if not is_mailbox(email):
             defects.append(f"{name}: skipped invalid address {display or email!r}")
             continue
         found.append(Address(email.lower(), _one_line(_decode_encoded_words(display, defects))))
     return tuple(found)
 
 
-def _is_mailbox(email: str) -> bool:
+_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]*[^\W_])?\.)*[^\W_](?:[\w-]*[^\W_])?|\[[^\[\]\s]+\]")
+
+
+def is_mailbox(email: str) -> bool:
+    """An address we could write back to: RFC 5321 §4.1.2 shape, and one that the stdlib's
+    header parser (which composes our replies) reads without failing."""
     local, at, domain = email.rpartition("@")
-    return bool(at and local and domain) and not any(c.isspace() or c in "<>" for c in email)
+    if not (at and local and _DOMAIN.fullmatch(domain)) or any(
+            c.isspace() or c in "<>" or not c.isprintable() for c in email):
+        return False
+    try:
+        return HeaderAddress(addr_spec=email).addr_spec == email
+    except (ValueError, IndexError, TypeError):  # IndexError: cpython's parser on "=?x?b?"
+        return False
 
 
 def _date(value: str | None, defects: list[str]) -> datetime | None:

@@ -13,6 +13,7 @@ import logging
 from datetime import timedelta
 
 from supportd.clock import Clock
+from supportd.metrics import OUTBOX_DELIVERIES
 from supportd.outbound.transport import DeliveryError, Envelope, Transport
 from supportd.store.sqlite import OutboxRow, Store
 
@@ -30,10 +31,18 @@ class OutboxWorker:
         self.store, self.transport, self.clock = store, transport, clock
         self.max_attempts = max_attempts
         self.wake = asyncio.Event()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Return from run() after the mail being sent now, if any (SIGTERM)."""
+        self.stopping = True
+        self.wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:
             await self.send_due()
+            if self.stopping:
+                return
             self.wake.clear()
             next_due = await self.store.next_mail_due()
             wait = 1.0  # also picks up mail queued by another process (`supportd replay`)
@@ -48,8 +57,10 @@ class OutboxWorker:
         tried = 0
         while rows := await self.store.due_mail(self.clock.now()):
             for row in rows:
+                if self.stopping:
+                    return tried
                 await self._send(row)
-            tried += len(rows)
+                tried += 1
         return tried
 
     async def _send(self, row: OutboxRow) -> None:
@@ -63,9 +74,11 @@ class OutboxWorker:
             give_up = permanent or attempts >= self.max_attempts
             next_at = self.clock.now() + backoff(attempts)
             await self.store.mark_retry(row.id, str(error), next_at, give_up=give_up)
+            OUTBOX_DELIVERIES.labels("failed" if give_up else "retry").inc()
             log.warning("ticket=%s outbox=%d to=<%s> %s: %s", row.ticket_id, row.id, row.rcpt_to,
                         "gave up" if give_up else f"retry at {next_at:%H:%M:%S}", error)
             return
         await self.store.mark_sent(row.id, self.clock.now())
+        OUTBOX_DELIVERIES.labels("sent").inc()
         log.info("ticket=%s outbox=%d %s sent to=<%s>", row.ticket_id, row.id, row.kind,
                  row.rcpt_to)

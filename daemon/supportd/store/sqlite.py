@@ -34,9 +34,37 @@ def parse_timestamp(text: str) -> datetime:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """What the daemon reports about itself: sd_notify STATUS, /metrics, /healthz."""
+
+    mails_since: int                         # inbox rows received since the given time
+    inbox_pending: dict[tuple[str, str], int]  # (source, state) -> rows not yet done
+    tickets: dict[str, int]                  # status -> tickets
+    outbox: dict[str, int]                   # queued | failed -> mails
+    next_mail_due: datetime | None           # the earliest queued mail's next attempt
+
+    @property
+    def open_tickets(self) -> int:
+        return sum(n for status, n in self.tickets.items() if status not in ("solved", "closed"))
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """True when SQLite could not write for now (disk full, I/O error, locked): retry later."""
+    name = getattr(error, "sqlite_errorname", "")
+    return isinstance(error, sqlite3.OperationalError) and (
+        name in ("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED") or name.startswith("SQLITE_IOERR"))
+
+
+@dataclass(frozen=True)
 class Accepted:
     inbox_id: int
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class ImapPosition:
+    uidvalidity: int
+    last_uid: int
 
 
 @dataclass(frozen=True)
@@ -208,6 +236,18 @@ class Store:
                 "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
                 "WHERE id = ?", (error, inbox_id))
 
+    async def imap_position(self, mailbox: str) -> ImapPosition | None:
+        rows = await self._all(
+            "SELECT uidvalidity, last_uid FROM imap_positions WHERE mailbox = ?", (mailbox,))
+        return ImapPosition(rows[0][0], rows[0][1]) if rows else None
+
+    async def set_imap_position(self, mailbox: str, position: ImapPosition) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO imap_positions (mailbox, uidvalidity, last_uid) VALUES (?, ?, ?) "
+                "ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
+                "last_uid = excluded.last_uid", (mailbox, position.uidvalidity, position.last_uid))
+
     # -- outbox ------------------------------------------------------------------------
 
     async def due_mail(self, now: datetime, limit: int = 50) -> list[OutboxRow]:
@@ -220,6 +260,20 @@ class Store:
         rows = await self._all(
             "SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'", ())
         return parse_timestamp(rows[0][0]) if rows and rows[0][0] else None
+
+    async def counts(self, since: datetime) -> Counts:
+        """Counts over indexes only (migration 003), cheap enough for every scrape."""
+        mails = await self._all("SELECT count(*) FROM inbox WHERE received_at >= ?",
+                                (timestamp(since),))
+        pending = await self._all("SELECT source, state, count(*) FROM inbox "
+                                  "WHERE state != 'done' GROUP BY source, state", ())
+        tickets = await self._all("SELECT status, count(*) FROM tickets GROUP BY status", ())
+        outbox = await self._all("SELECT state, count(*) FROM outbox WHERE state != 'sent' "
+                                 "GROUP BY state", ())
+        return Counts(
+            mails_since=mails[0][0], inbox_pending={(r[0], r[1]): r[2] for r in pending},
+            tickets={r[0]: r[1] for r in tickets}, outbox={r[0]: r[1] for r in outbox},
+            next_mail_due=await self.next_mail_due())
 
     async def mark_sent(self, outbox_id: int, at: datetime) -> None:
         async with self.transaction() as tx:
@@ -397,6 +451,13 @@ class Tx:
         row = await self._one(
             "SELECT count(*) FROM outbox WHERE automatic = 1 AND rcpt_to = ? AND created_at >= ?",
             (rcpt_to, timestamp(since)))
+        return int(row[0]) if row else 0
+
+    async def incoming_mails_since(self, ticket_id: int, since: datetime) -> int:
+        """Mails received into this ticket since `since` (its messages that came from intake)."""
+        row = await self._one(
+            "SELECT count(*) FROM messages WHERE ticket_id = ? AND inbox_id IS NOT NULL "
+            "AND created_at >= ?", (ticket_id, timestamp(since)))
         return int(row[0]) if row else 0
 
     async def queue_mail(self, mail: QueuedMail, at: datetime) -> None:

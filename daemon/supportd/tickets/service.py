@@ -24,11 +24,11 @@ from supportd.mail.auth import (
 )
 from supportd.mail.classify import Decision, classify
 from supportd.mail.compose import Headers, compose_mail, new_message_id
-from supportd.mail.parse import ParsedMail, parse_mail
+from supportd.mail.parse import ParsedMail, is_mailbox, parse_mail
 from supportd.mail.reply import strip_quoted_reply
 from supportd.mail.thread import ThreadFacts, subject_tag, thread_message
 from supportd.outbound.templates import Renderer
-from supportd.store.sqlite import InboxRow, QueuedMail, Store, Tx
+from supportd.store.sqlite import InboxRow, QueuedMail, Store, Tx, store_unavailable
 from supportd.tickets.commands import (
     Assign,
     CommandError,
@@ -51,6 +51,8 @@ log = logging.getLogger("supportd.tickets")
 TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
                   "command_error")
 AGENT_NOTICES = ("new_ticket", "customer_reply")
+# Mails into one ticket per hour before it is treated as a loop: people rarely write 20.
+TICKET_MAIL_LIMIT = 20
 STATUS_NOTICES = {
     Status.PENDING: "We have answered and are waiting for your reply: just answer this mail.",
     Status.SOLVED: "We consider this ticket solved. If anything is still wrong, just reply "
@@ -65,6 +67,7 @@ class Outcome:
     ticket_id: int | None
     summary: str
     failed: bool = False
+    retry: bool = False  # the store could not write (disk full): the row stays new
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ class TicketService:
                 await tx.mark_inbox_done(inbox_id, outcome.ticket_id or 0)
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
+            if store_unavailable(error):
+                # Not the mail's fault: nothing was written, so it is simply tried again.
+                log.warning("inbox=%d store unavailable, will retry: %s", inbox_id, message)
+                return Outcome(inbox_id, None, f"store unavailable: {message}", retry=True)
             log.exception("inbox=%d processing failed: %s", inbox_id, message)
             await self.store.mark_failed(inbox_id, message)
             return Outcome(inbox_id, None, f"failed: {message}", failed=True)
@@ -125,6 +132,8 @@ class TicketService:
                 answer_to, now - timedelta(hours=1)),
             auto_mail_limit=self.config.support.auto_mail_limit,
         )
+        if decision.answerable and not is_mailbox(answer_to):
+            decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
         incoming = _Incoming(row, mail, sender, answer_to, token, proven,
                              agent_address and not proven, decision)
         ticket_id = await self._thread(tx, incoming)
@@ -133,8 +142,16 @@ class TicketService:
             return await self._new_ticket(tx, incoming, follow_up_of=ticket.id)
         if ticket is None:
             return await self._new_ticket(tx, incoming, follow_up_of=None)
-        if incoming.is_agent:
+        recent = await tx.incoming_mails_since(ticket.id, now - timedelta(hours=1))
+        if incoming.decision.answerable and recent >= TICKET_MAIL_LIMIT:
+            # Two autoresponders without RFC 3834 headers (customer's and agent's) would
+            # otherwise ping-pong relays and notifications through this ticket forever.
+            incoming = replace(incoming, decision=Decision(
+                False, "ticket_loop", f"{recent} mails into this ticket in the last hour "
+                f"(limit {TICKET_MAIL_LIMIT}): a mail loop is likely"))
+        if incoming.is_agent and incoming.decision.answerable:
             return await self._agent_mail(tx, incoming, ticket)
+        # Automatic mail from an agent (an out-of-office) is stored, never run or relayed.
         return await self._customer_reply(tx, incoming, ticket)
 
     def _token(self, row: InboxRow, mail: ParsedMail) -> TokenMatch | None:
@@ -252,7 +269,8 @@ class TicketService:
         if changed.status != ticket.status and (ticket.status, changed.status) != (
                 Status.NEW, Status.OPEN):
             notice = STATUS_NOTICES.get(changed.status)
-        requester_and_cc = [p.email for p in await tx.participants(ticket.id)]
+        requester_and_cc = [p.email for p in await tx.participants(ticket.id)
+                            if is_mailbox(p.email)]
         if public:
             for to in requester_and_cc:
                 await self._queue(tx, changed, "relay", to=to, automatic=False,

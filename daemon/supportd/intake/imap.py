@@ -1,0 +1,386 @@
+"""IMAP intake (aioimaplib): watch one mailbox, store each mail raw, only then move or flag it.
+
+Exactly once: mail is fetched by UID with BODY.PEEK[] (so nothing is marked read early),
+committed to the inbox table, and only after that commit moved to `move_to` or flagged
+`\\Seen`; then the last UID is remembered under the mailbox's UIDVALIDITY. A crash in between
+fetches the mail again on restart and the inbox's Message-ID dedupe makes it the same row.
+
+aioimaplib has no STARTTLS and leaves a command waiting forever when the connection drops
+(aioimaplib issue #110); `ImapSession` adds both, and nothing else, around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aioimaplib
+
+from supportd.clock import Clock
+from supportd.config import ImapConfig
+from supportd.mail.parse import dedupe_key
+from supportd.store.sqlite import ImapPosition, Store
+
+log = logging.getLogger("supportd.intake.imap")
+T = TypeVar("T")
+
+COMMAND_TIMEOUT = 60.0
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_FETCH_UID = re.compile(rb"\d+ FETCH \(.*\bUID (\d+)")
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class ImapError(Exception):
+    """The server refused a command or the connection broke; the watcher reconnects."""
+
+
+def backoff_delay(failures: int, jitter: float) -> float:
+    """Seconds before reconnect number `failures` (1, 2, ...): doubling, capped, jittered.
+
+    `jitter` is a number in [0, 1); the delay is spread over its upper half so that several
+    watchers cut off together do not come back in step.
+    """
+    ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+    return ceiling * (0.5 + jitter / 2)
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """UIDs as an IMAP sequence set with ranges (RFC 3501 §9 sequence-set): 1:3,7."""
+    ranges: list[list[int]] = []
+    for uid in sorted(uids):
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1][1] = uid
+        else:
+            ranges.append([uid, uid])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges)
+
+
+def fetched_mails(lines: list[Any]) -> list[tuple[int, bytes]]:
+    """(UID, raw) pairs from the response lines of `UID FETCH ... (UID BODY.PEEK[])`.
+
+    aioimaplib gives the line announcing a literal, then the literal as a bytearray, then the
+    rest of the response; UID may be before or after the body (RFC 3501 §7.4.2), and unsolicited
+    FETCH responses for flag changes carry no literal and are skipped.
+    """
+    mails: list[tuple[int, bytes]] = []
+    pending: bytes | None = None
+    uid: int | None = None
+    for line in lines:
+        if isinstance(line, bytearray):
+            pending = bytes(line)
+            continue
+        if pending is not None:
+            found = re.search(rb"\bUID (\d+)", line)
+            if uid is None and found:
+                uid = int(found.group(1))
+            if uid is not None:
+                mails.append((uid, pending))
+            pending, uid = None, None
+        head = _FETCH_UID.match(line)
+        uid = int(head.group(1)) if head and _LITERAL.search(line) else None
+    return mails
+
+
+def tls_context(config: ImapConfig) -> ssl.SSLContext | None:
+    if config.tls == "none":
+        return None
+    cafile = str(config.tls_ca_file) if config.tls_ca_file else None
+    context = ssl.create_default_context(cafile=cafile)
+    if not config.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ImapSession:
+    """One logged-in connection; every command fails fast when the connection is lost."""
+
+    def __init__(self, config: ImapConfig) -> None:
+        self.config = config
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        context = tls_context(config) if config.tls == "implicit" else None
+        self.imap = aioimaplib.IMAP4(config.host, config.port, timeout=COMMAND_TIMEOUT,
+                                     conn_lost_cb=self._connection_lost, ssl_context=context)
+
+    @classmethod
+    async def open(cls, config: ImapConfig) -> ImapSession:
+        session = cls(config)
+        try:
+            await session._call(session.imap.wait_hello_from_server())
+            if config.tls == "starttls":
+                await session._starttls()
+            await session._login()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    @property
+    def capabilities(self) -> set[str]:
+        caps: set[str] = self.imap.protocol.capabilities
+        return caps
+
+    def _connection_lost(self, error: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _call(self, step: Awaitable[T], limit: float | None = COMMAND_TIMEOUT) -> T:
+        task: asyncio.Future[T] = asyncio.ensure_future(step)
+        waiting: set[asyncio.Future[Any]] = {task, self._lost}
+        done, _ = await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        if self._lost.done():
+            raise ImapError("connection lost")
+        raise ImapError(f"no answer within {limit:.0f}s")
+
+    async def _ok(self, what: str, step: Awaitable[aioimaplib.Response],
+                  limit: float | None = COMMAND_TIMEOUT) -> list[Any]:
+        response = await self._call(step, limit)
+        if response.result != "OK":
+            text = b" ".join(line for line in response.lines if isinstance(line, bytes))
+            raise ImapError(f"{what}: {response.result} {text.decode(errors='replace')}")
+        lines: list[Any] = response.lines
+        return lines
+
+    async def _starttls(self) -> None:
+        protocol = self.imap.protocol
+        if "STARTTLS" not in protocol.capabilities:
+            # Never fall back to plain text: the password would cross the wire in the clear.
+            raise ImapError("the server does not offer STARTTLS")
+        await self._ok("STARTTLS", protocol.execute(
+            aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)))
+        context = tls_context(self.config)
+        assert context is not None
+        protocol.transport = await self._call(asyncio.get_running_loop().start_tls(
+            protocol.transport, protocol, context, server_hostname=self.config.host))
+        # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
+        await self._call(protocol.capability())
+
+    async def _login(self) -> None:
+        config = self.config
+        if config.xoauth2_token_file is not None:
+            # Re-read at every login: an outside tool refreshes the short-lived token.
+            token = config.xoauth2_token_file.read_text().strip()
+            await self._ok("XOAUTH2 login", self.imap.xoauth2(config.user, token.encode()))
+        else:
+            await self._ok("login", self.imap.login(config.user, config.password or ""))
+        # RFC 3501 §6.2.3: capabilities may change on login; aioimaplib merges the old ones in.
+        await self._call(self.imap.protocol.capability())
+
+    async def select(self, folder: str, *, readonly: bool = False) -> tuple[int, int]:
+        """(UIDVALIDITY, EXISTS) of `folder`, now selected; EXAMINE changes nothing."""
+        name = aioimaplib.quoted(folder)
+        lines = await self._ok(f"selecting {folder!r}", self.imap.examine(name) if readonly
+                               else self.imap.select(name))
+        found = next((m for line in lines if (m := _UIDVALIDITY.search(line))), None)
+        if found is None:
+            raise ImapError(f"selecting {folder!r}: the server sent no UIDVALIDITY")
+        if readonly:  # aioimaplib leaves its state at AUTH after EXAMINE
+            self.imap.protocol.state = aioimaplib.SELECTED
+        exists = next((int(line.split()[0]) for line in lines
+                       if isinstance(line, bytes) and line.endswith(b" EXISTS")), 0)
+        return int(found.group(1)), exists
+
+    async def folder_exists(self, folder: str) -> bool:
+        lines = await self._ok("LIST", self.imap.list('""', aioimaplib.quoted(folder)))
+        return any(line.startswith(b"(") for line in lines if isinstance(line, bytes))
+
+    async def uids_after(self, last_uid: int) -> list[int]:
+        """UIDs above `last_uid` not marked deleted, ascending."""
+        lines = await self._ok("UID SEARCH", self.imap.uid_search(
+            "UID", f"{last_uid + 1}:*", "UNDELETED", charset=None))
+        words = b" ".join(line for line in lines[:-1] if isinstance(line, bytes)).split()
+        # RFC 3501 §6.4.8: "n:*" always matches the highest UID, even one below n.
+        return sorted(u for w in words if w.isdigit() and (u := int(w)) > last_uid)
+
+    async def fetch(self, uids: list[int]) -> list[tuple[int, bytes]]:
+        # No overall deadline: aioimaplib restarts its timeout whenever data arrives.
+        lines = await self._ok("UID FETCH", self.imap.uid(
+            "fetch", uid_set(uids), "(UID BODY.PEEK[])"), limit=None)
+        return fetched_mails(lines)
+
+    async def move(self, uids: list[int], folder: str) -> None:
+        uids_text, target = uid_set(uids), aioimaplib.quoted(folder)
+        if "MOVE" in self.capabilities:  # RFC 6851
+            await self._ok(f"moving to {folder!r}", self.imap.uid("move", uids_text, target))
+            return
+        await self._ok(f"copying to {folder!r}", self.imap.uid("copy", uids_text, target))
+        await self._ok("flagging \\Deleted", self.imap.uid(
+            "store", uids_text, "+FLAGS.SILENT", r"(\Deleted)"))
+        if "UIDPLUS" in self.capabilities:
+            # RFC 4315 §2.1: expunge only these, never mail someone else marked \Deleted.
+            await self._ok("UID EXPUNGE", self.imap.uid("expunge", uids_text))
+
+    async def flag_seen(self, uids: list[int]) -> None:
+        await self._ok("flagging \\Seen", self.imap.uid(
+            "store", uid_set(uids), "+FLAGS.SILENT", r"(\Seen)"))
+
+    async def idle(self, renew: float) -> None:
+        """IDLE (RFC 2177) until the server reports a change or `renew` seconds pass."""
+        idle = await self._call(self.imap.idle_start(timeout=renew))
+        try:
+            push = await self._call(self.imap.wait_server_push(timeout=renew + 5), None)
+            if any(isinstance(line, bytes) and line.startswith(b"BYE") for line in push):
+                raise ImapError("the server said " + b" ".join(push).decode(errors="replace"))
+        finally:
+            if self.imap.has_pending_idle() and not self._lost.done():
+                self.imap.idle_done()
+                await self._call(idle)
+
+    async def logout(self) -> None:
+        # Logging out is a courtesy; the server cleans up anyway.
+        with contextlib.suppress(ImapError, aioimaplib.AioImapException, OSError):
+            await self._call(self.imap.logout(), limit=5)
+        self.close()
+
+    def close(self) -> None:
+        transport = self.imap.protocol.transport
+        if transport is not None:
+            transport.close()
+
+
+@dataclass
+class MailboxWatcher:
+    """Drains one [[imap]] mailbox into the inbox, then IDLEs or polls; reconnects forever."""
+
+    config: ImapConfig
+    store: Store
+    clock: Clock
+    on_accept: Callable[[], None]
+    jitter: Callable[[], float] = random.random
+    failures: int = 0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def source(self) -> str:
+        return f"imap:{self.config.name}"
+
+    def stop(self) -> None:
+        """Return from run() once the batch in hand is stored and moved or flagged."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        c = self.config
+        while not self.stopping.is_set():
+            log.info("imap=%s connecting to %s:%d (tls %s)", c.name, c.host, c.port, c.tls)
+            session: ImapSession | None = None
+            try:
+                session = await ImapSession.open(c)
+                await self._watch(session)
+            except Exception as error:  # any failure: back off and start over
+                self.failures += 1
+                delay = backoff_delay(self.failures, self.jitter())
+                log.warning("imap=%s %s: %s; reconnecting in %.1fs (attempt %d)", c.name,
+                            type(error).__name__, error, delay, self.failures)
+                await self._unless_stopped(asyncio.sleep(delay))
+            finally:
+                if session is not None:
+                    await session.logout()
+        log.info("imap=%s stopped", c.name)
+
+    async def _unless_stopped(self, step: Awaitable[None]) -> None:
+        """Await `step`, or cancel it when stop() is called first."""
+        task = asyncio.ensure_future(step)
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if task.done():
+            task.result()  # an error while waiting (the connection broke) goes to run()
+        else:
+            task.cancel()
+            await asyncio.wait({task})  # let it leave IDLE before logging out
+
+    async def _watch(self, session: ImapSession) -> None:
+        c = self.config
+        uidvalidity, exists = await session.select(c.folder)
+        position = await self.store.imap_position(c.name)
+        if position is None or position.uidvalidity != uidvalidity:
+            if position is not None:
+                # RFC 3501 §2.3.1.1: old UIDs mean nothing now; dedupe keeps the rescan safe.
+                log.warning("imap=%s UIDVALIDITY of %s changed from %d to %d: rescanning all "
+                            "%d mails", c.name, c.folder, position.uidvalidity, uidvalidity,
+                            exists)
+            position = ImapPosition(uidvalidity, 0)
+            await self.store.set_imap_position(c.name, position)
+        idle = "IDLE" in session.capabilities
+        log.info("imap=%s selected %s (%d mails, UIDVALIDITY %d, last stored UID %d); %s",
+                 c.name, c.folder, exists, uidvalidity, position.last_uid,
+                 f"IDLE, renewed every {c.idle_renew:.0f}s" if idle else
+                 f"no IDLE: polling every {c.poll_interval:.0f}s")
+        while not self.stopping.is_set():
+            position = await self._drain(session, position)
+            self.failures = 0
+            await self._unless_stopped(session.idle(c.idle_renew) if idle
+                                       else asyncio.sleep(c.poll_interval))
+
+    async def _drain(self, session: ImapSession, position: ImapPosition) -> ImapPosition:
+        c = self.config
+        uids = await session.uids_after(position.last_uid)
+        if len(uids) > c.batch_size:
+            log.info("imap=%s backlog of %d mails: draining in batches of %d", c.name,
+                     len(uids), c.batch_size)
+        for start in range(0, len(uids), c.batch_size):
+            batch = uids[start:start + c.batch_size]
+            mails = await session.fetch(batch)
+            # Started together, the accepts share one commit (the store's group commit).
+            results = await asyncio.gather(*(
+                self.store.accept(raw, key=dedupe_key(raw), source=self.source, mail_from=None,
+                                  rcpt_to=(), at=self.clock.now())
+                for _, raw in mails))
+            self.on_accept()
+            for (uid, raw), accepted in zip(mails, results, strict=True):
+                log.info("inbox=%d %s uid=%d size=%d %s", accepted.inbox_id, self.source, uid,
+                         len(raw), "duplicate" if accepted.duplicate else "stored")
+            stored = [uid for uid, _ in mails]
+            if stored and c.after == "move":
+                await session.move(stored, c.move_to)
+            elif stored:
+                await session.flag_seen(stored)
+            position = ImapPosition(position.uidvalidity, batch[-1])
+            await self.store.set_imap_position(c.name, position)
+            if len(uids) > c.batch_size:
+                log.info("imap=%s drained %d of %d", c.name, start + len(batch), len(uids))
+            if self.stopping.is_set():
+                break
+        return position
+
+
+async def check_mailbox(config: ImapConfig, position: ImapPosition | None) -> list[str]:
+    """What `supportd imap-check` reports about one mailbox; EXAMINE, so nothing changes."""
+    session = await ImapSession.open(config)
+    try:
+        caps = session.capabilities
+        uidvalidity, exists = await session.select(config.folder, readonly=True)
+        if position is None or position.uidvalidity != uidvalidity:
+            position = ImapPosition(uidvalidity, 0)
+        waiting = len(await session.uids_after(position.last_uid))
+        if config.after == "seen":
+            after = "flag \\Seen"
+        elif "MOVE" in caps:
+            after = f"MOVE to {config.move_to!r}"
+        else:
+            after = f"COPY to {config.move_to!r}, \\Deleted" + (
+                ", UID EXPUNGE" if "UIDPLUS" in caps else " (no UIDPLUS: left for the owner)")
+        lines = [
+            f"capabilities: {' '.join(sorted(caps))}",
+            f"watching: {'IDLE' if 'IDLE' in caps else 'polling (no IDLE)'}; "
+            f"after storing: {after}",
+            f"{config.folder}: {exists} mails, {waiting} waiting "
+            f"(UIDVALIDITY {uidvalidity}, last stored UID {position.last_uid})",
+        ]
+        if config.after == "move" and not await session.folder_exists(config.move_to):
+            lines.append(f"PROBLEM: folder {config.move_to!r} does not exist: create it, or "
+                         "stored mail cannot be moved and will be fetched again")
+        return lines
+    finally:
+        await session.logout()

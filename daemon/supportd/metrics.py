@@ -1,0 +1,69 @@
+"""Metrics: the Prometheus families supportd exports at GET /metrics (prometheus_client).
+
+Counters and the latency histogram live in the process (they restart at zero, as Prometheus
+expects of counters); gauges of tickets, inbox and outbox are read from the store at scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from supportd.store.sqlite import Counts
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+MAILS_RECEIVED = Counter(
+    "supportd_mails_received", "Mails offered to intake, by source and outcome "
+    "(stored, duplicate, error: answered 451 and left with the sender)",
+    ["source", "outcome"], registry=REGISTRY)
+MAILS_PROCESSED = Counter(
+    "supportd_mails_processed", "Inbox mails processed, by outcome (done, failed)",
+    ["outcome"], registry=REGISTRY)
+PROCESSING_SECONDS = Histogram(
+    "supportd_processing_seconds", "Time to turn one inbox mail into ticket changes",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    registry=REGISTRY)
+OUTBOX_DELIVERIES = Counter(
+    "supportd_outbox_deliveries", "Outbound delivery attempts, by result "
+    "(sent, retry, failed: given up)", ["result"], registry=REGISTRY)
+
+for _outcome in ("done", "failed"):
+    MAILS_PROCESSED.labels(_outcome)
+for _result in ("sent", "retry", "failed"):
+    OUTBOX_DELIVERIES.labels(_result)
+
+
+class StoreCollector(Collector):
+    """Gauges from the last `Counts` read from the store; set `counts` before each scrape."""
+
+    def __init__(self) -> None:
+        self.counts: Counts | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.counts is None:
+            return
+        tickets = GaugeMetricFamily("supportd_tickets", "Tickets by status", labels=["status"])
+        for status in ("new", "open", "pending", "solved", "closed"):
+            tickets.add_metric([status], self.counts.tickets.get(status, 0))
+        yield tickets
+        inbox = GaugeMetricFamily("supportd_inbox_mails",
+                            "Inbox mails not yet done (new: waiting, failed: see replay)",
+                            labels=["source", "state"])
+        for (source, state), n in sorted(self.counts.inbox_pending.items()):
+            inbox.add_metric([source, state], n)
+        yield inbox
+        outbox = GaugeMetricFamily("supportd_outbox_mails",
+                             "Outbound mails not sent: queued (the depth) or failed (given up)",
+                             labels=["state"])
+        for state in ("queued", "failed"):
+            outbox.add_metric([state], self.counts.outbox.get(state, 0))
+        yield outbox
+
+
+STORE = StoreCollector()
+REGISTRY.register(STORE)
