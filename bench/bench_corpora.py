@@ -1,0 +1,168 @@
+"""Real mail through the pipeline: mails/s and the share of wall time in each stage.
+
+Every file of `../shared/corpora` (or `--synthetic N` smtp-source-like mails) is accepted into
+a fresh store, then each inbox row is run through `TicketService.process` one after another,
+as the daemon does. The stages are timed by wrapping the functions the service calls
+(`parse_mail`, `classify`, `TicketService._thread`); `apply` is the rest of `process` (the
+ticket changes, rendering, and the one commit). A cProfile summary of the same run follows.
+Baseline: the same mails only parsed (`parse_mail`), the least any pipeline must do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from supportd.clock import SystemClock
+from supportd.config import load_config
+from supportd.mail.classify import classify
+from supportd.mail.parse import dedupe_key, parse_mail
+from supportd.outbound.templates import Renderer
+from supportd.store.sqlite import Store
+from supportd.tickets import service as service_module
+from supportd.tickets.service import TicketService
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"
+T = TypeVar("T")
+
+CONFIG = """
+[support]
+addresses = ["support@example.com"]
+auto_mail_limit = 1000000
+hmac_key_file = "hmac.key"
+[store]
+path = "bench.sqlite3"
+[outbound]
+templates = "{templates}"
+[[groups]]
+name = "tier1"
+[[agents]]
+email = "alice@example.com"
+name = "Alice"
+"""
+
+
+def corpus_mails() -> list[bytes]:
+    skip = {".json", ".md", ".py", ".txt"}
+    return [p.read_bytes() for p in sorted(CORPORA.rglob("*"))
+            if p.is_file() and p.suffix not in skip]
+
+
+def synthetic_mails(count: int) -> list[bytes]:
+    """Like smtp-source's: fixed sender, a unique Message-Id, a 2 KB body."""
+    return [(f"From: <bench@customer.example>\r\nTo: <support@example.com>\r\n"
+             f"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-Id: <{i}.bench@customer.example>"
+             f"\r\nSubject: mail {i}\r\n\r\n" + "La la la la la la la la la la la la la la\r\n"
+             * 48).encode() for i in range(count)]
+
+
+class StageClock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"parse": 0.0, "classify": 0.0, "thread": 0.0}
+
+    def sync(self, stage: str, func: Callable[..., T]) -> Callable[..., T]:
+        @wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> T:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+        return timed
+
+    def coroutine(self, stage: str,
+                  func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @wraps(func)
+        async def timed(*args: Any, **kwargs: Any) -> T:
+            start = time.perf_counter()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+        return timed
+
+
+async def run(mails: list[bytes], folder: Path, profile: cProfile.Profile) -> dict[str, Any]:
+    (folder / "supportd.toml").write_text(CONFIG.format(templates=REPO / "templates"))
+    config = load_config(folder / "supportd.toml")
+    store = await Store.open(config.store_path)
+    clock = SystemClock()
+    stages = StageClock()
+    # The service calls these by module name, so timing them means wrapping them there.
+    setattr(service_module, "parse_mail", stages.sync("parse", parse_mail))  # noqa: B010
+    setattr(service_module, "classify", stages.sync("classify", classify))  # noqa: B010
+    setattr(TicketService, "_thread",  # noqa: B010
+            stages.coroutine("thread", TicketService._thread))
+    service = TicketService(config, store, clock, Renderer(config.outbound.templates))
+    for raw in mails:
+        await store.accept(raw, key=dedupe_key(raw), source="bench", mail_from="",
+                           rcpt_to=["support@example.com"], at=datetime.now(UTC))
+    ids = await store.inbox_ids("new", limit=len(mails))
+    outcomes: dict[str, int] = {}
+    profile.enable()
+    start = time.perf_counter()
+    for inbox_id in ids:
+        outcome = await service.process(inbox_id)
+        kind = "failed" if outcome.failed else "stored"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    total = time.perf_counter() - start
+    profile.disable()
+    await store.close()
+    start = time.perf_counter()
+    for raw in mails:
+        parse_mail(raw)
+    parse_only = time.perf_counter() - start
+    shares = {k: v / total for k, v in stages.seconds.items()}
+    shares["apply"] = 1.0 - sum(shares.values())
+    return {"mails": len(ids), "seconds": total, "parse_only": parse_only,
+            "outcomes": outcomes, "shares": shares}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic", type=int, default=0,
+                        help="use N smtp-source-like mails instead of the corpora")
+    parser.add_argument("--top", type=int, default=15, help="cProfile lines to print")
+    args = parser.parse_args()
+    if args.synthetic:
+        mails, name = synthetic_mails(args.synthetic), f"{args.synthetic} synthetic mails"
+    elif CORPORA.is_dir():
+        mails, name = corpus_mails(), f"corpora ({CORPORA})"
+    else:
+        print(f"skipped: no corpora at {CORPORA}", file=sys.stderr)
+        return 0
+    profile = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as folder:
+        result = asyncio.run(run(mails, Path(folder), profile))
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)
+    print(f"pipeline over {name}: {result['mails']} mails, outcomes {result['outcomes']}",
+          file=sys.stderr)
+    print(out.getvalue(), file=sys.stderr)
+    rate = result["mails"] / result["seconds"]
+    base = result["mails"] / result["parse_only"]
+    shares = result["shares"]
+    print(json.dumps({
+        "bench": "pipeline", "what": f"{name} through parse→apply, mails/s",
+        "value": round(rate, 1), "baseline": round(base, 1), "baseline_is": "parse only",
+        "ratio": round(rate / base, 3), "target": None,
+        "note": " / ".join(f"{k} {v:.0%}" for k, v in shares.items()),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
