@@ -202,3 +202,17 @@ def test_web_form_mail_is_answered_at_its_reply_to(daemon: Daemon) -> None:
     assert "dave@customer.example" in sent
     assert daemon.ticket(1)["requester"] == "dave@customer.example"
     assert daemon.ticket(1)["account"] == "Customer Corp"
+
+
+def test_agent_commands_still_run_after_many_command_errors(daemon: Daemon) -> None:
+    """The hourly limit on automatic mail must not lock an agent out of their tickets."""
+    _, note = open_ticket(daemon)
+    for typo in ("#stauts open", "#priorty high", "#asign me", "#grop experts"):
+        daemon.send(reply_to(note, sender="alice@example.com", body=typo))
+        daemon.new_mail(1)
+
+    daemon.send(reply_to(note, sender="alice@example.com", body="#status solved\n\nFixed."))
+
+    [relay] = daemon.new_mail(1)
+    assert relay["To"] == CUSTOMER
+    assert daemon.ticket(1)["status"] == "solved"

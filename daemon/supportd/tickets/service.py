@@ -128,7 +128,9 @@ class TicketService:
         decision = classify(
             mail, envelope_sender=row.mail_from,
             own_addresses=frozenset(self.config.support.addresses),
-            auto_mails_last_hour=await tx.automatic_mails_since(
+            # An agent's own mail is never rate-limited: a typo reply answers a person's
+            # deliberate act, and robots among agents are caught by the per-ticket limit.
+            auto_mails_last_hour=0 if proven else await tx.automatic_mails_since(
                 answer_to, now - timedelta(hours=1)),
             auto_mail_limit=self.config.support.auto_mail_limit,
         )
