@@ -40,7 +40,7 @@ log_path = {dir}/dovecot.log
 ssl = {ssl}
 {ssl_files}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 mail_location = maildir:{dir}/mail/%n
 first_valid_uid = {uid}
 default_internal_user = dovecot
@@ -48,8 +48,11 @@ default_login_user = dovenull
 imap_capability = {capabilities}
 # The process title shows the command in progress: tests see when a client IDLEs.
 verbose_proctitle = yes
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
+  # XOAUTH2 hands the token to the passdb as a password: never check it against this file.
+  # `none`: lookups without a login (doveadm, the static userdb's user check) still work.
+  mechanisms = plain login none
   args = scheme=PLAIN username_format=%n {dir}/passwd
 }}
 userdb {{
@@ -67,6 +70,31 @@ service imap-login {{
     ssl = yes
   }}
 }}
+"""
+
+# XOAUTH2 and OAUTHBEARER checked by an oauth2 passdb against a token introspection endpoint
+# (RFC 7662; Dovecot 2.3 `introspection_mode = post` sends the token as a form field).
+OAUTH2 = """\
+auth_failure_delay = 0
+# Off: Dovecot's growing delay after refused logins (auth penalty); tests retry on purpose.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {dir}/dovecot-oauth2.conf.ext
+}}
+"""
+
+OAUTH2_EXT = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
 """
 
 
@@ -94,6 +122,7 @@ class Dovecot:
     tls: bool = False
     port: int = field(default_factory=free_port)
     imaps_port: int = 0
+    oauth2_introspection_url: str = ""  # set: XOAUTH2 logins are checked there
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="supportd-imap-")))
     process: subprocess.Popen[bytes] | None = None
 
@@ -112,13 +141,19 @@ class Dovecot:
             cert, key = make_certificate(self.folder)
             ssl_files = f"ssl_cert = <{cert}\nssl_key = <{key}"
             self.imaps_port = free_port()
+        oauth2 = ""
+        if self.oauth2_introspection_url:
+            oauth2 = OAUTH2.format(dir=self.folder)
+            (self.folder / "dovecot-oauth2.conf.ext").write_text(
+                OAUTH2_EXT.format(url=self.oauth2_introspection_url))
         (self.folder / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
         (self.folder / "mail").mkdir()
         os.chown(self.folder / "mail", mail.pw_uid, mail.pw_gid)
         (self.folder / "dovecot.conf").write_text(CONFIG.format(
             dir=self.folder, uid=mail.pw_uid, gid=mail.pw_gid, port=self.port,
             imaps_port=self.imaps_port, capabilities=self.capabilities,
-            ssl="yes" if self.tls else "no", ssl_files=ssl_files))
+            ssl="yes" if self.tls else "no", ssl_files=ssl_files, oauth2=oauth2,
+            oauth2_mechanisms=" xoauth2 oauthbearer" if oauth2 else ""))
         self.process = subprocess.Popen(
             ["dovecot", "-F", "-c", str(self.folder / "dovecot.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)

@@ -24,7 +24,7 @@ host = "{host}"
 port = {port}
 tls = "{tls}"
 user = "{user}"
-password_file = "imap.password"
+{credential}
 after = "{after}"
 move_to = "Done"
 poll_seconds = 1
@@ -43,7 +43,8 @@ class ImapDaemon(Daemon):
         super().write_config()
         (self.folder / "imap.password").write_text(PASSWORD + "\n")
         settings = {"host": "127.0.0.1", "tls": "none", "user": USER, "after": "move",
-                    "batch_size": 50, "extra": "", **self.imap}
+                    "credential": 'password_file = "imap.password"', "batch_size": 50,
+                    "extra": "", **self.imap}
         with self.config_path.open("a") as config:
             config.write(IMAP.format(**settings))
 

@@ -5,13 +5,15 @@ committed to the inbox table, and only after that commit moved to `move_to` or f
 `\\Seen`; then the last UID is remembered under the mailbox's UIDVALIDITY. A crash in between
 fetches the mail again on restart and the inbox's Message-ID dedupe makes it the same row.
 
-aioimaplib has no STARTTLS and leaves a command waiting forever when the connection drops
-(aioimaplib issue #110); `ImapSession` adds both, and nothing else, around it.
+aioimaplib has no STARTTLS, leaves a command waiting forever when the connection drops
+(aioimaplib issue #110) and never answers the error challenge of a refused XOAUTH2 token;
+`ImapSession` adds these three, and nothing else, around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -100,6 +102,33 @@ def tls_context(config: ImapConfig) -> ssl.SSLContext | None:
     return context
 
 
+class XOAuth2(aioimaplib.Command):  # type: ignore[misc]  # aioimaplib has no type hints
+    """AUTHENTICATE XOAUTH2 with the SASL initial response (RFC 4959), answering a refusal.
+
+    A refused token gets a `+ <base64 JSON error>` challenge and the server waits for an empty
+    response before its NO (Google's XOAUTH2 protocol; RFC 7628 §3.2.3 for OAUTHBEARER).
+    """
+
+    def __init__(self, protocol: aioimaplib.IMAP4ClientProtocol, user: str, token: str) -> None:
+        sasl = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+        super().__init__("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", sasl.decode(),
+                         loop=protocol.loop)
+        self.protocol = protocol
+        self.refusal: str | None = None
+
+    def flush(self) -> None:
+        """aioimaplib calls this after a continuation line and at the end of every read."""
+        lines = self.response.lines
+        if self.refusal is not None or not lines or not lines[-1].startswith(b"+"):
+            return  # answer the one challenge once: a second empty line would be a BAD command
+        challenge = lines[-1].removeprefix(b"+").strip()
+        try:
+            self.refusal = base64.b64decode(challenge, validate=True).decode(errors="replace")
+        except ValueError:  # not base64: show it as sent
+            self.refusal = challenge.decode(errors="replace")
+        self.protocol.transport.write(b"\r\n")
+
+
 class ImapSession:
     """One logged-in connection; every command fails fast when the connection is lost."""
 
@@ -171,7 +200,16 @@ class ImapSession:
         if config.xoauth2_token_file is not None:
             # Re-read at every login: an outside tool refreshes the short-lived token.
             token = config.xoauth2_token_file.read_text().strip()
-            await self._ok("XOAUTH2 login", self.imap.xoauth2(config.user, token.encode()))
+            protocol = self.imap.protocol
+            command = XOAuth2(protocol, config.user, token)
+            # Scrub the whole SASL string from aioimaplib's debug log: it holds the token.
+            response = await self._call(protocol.execute(command, scrub=command.args[-1]))
+            if response.result != "OK":
+                said = response.lines[-1].decode(errors="replace")
+                raise ImapError(f"XOAUTH2 login: {response.result} {said} (server: "
+                                f"{command.refusal or 'no detail'}); the token in "
+                                f"{config.xoauth2_token_file} was refused")
+            protocol.state = aioimaplib.AUTH
         else:
             await self._ok("login", self.imap.login(config.user, config.password or ""))
         # RFC 3501 §6.2.3: capabilities may change on login; aioimaplib merges the old ones in.
@@ -239,6 +277,8 @@ class ImapSession:
 
     async def logout(self) -> None:
         # Logging out is a courtesy; the server cleans up anyway.
+        if self.imap.has_pending_idle() and not self._lost.done():
+            self.imap.idle_done()  # stopped while IDLE was starting: LOGOUT would wait behind it
         with contextlib.suppress(ImapError, aioimaplib.AioImapException, OSError):
             await self._call(self.imap.logout(), limit=5)
         self.close()
