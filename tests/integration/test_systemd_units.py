@@ -39,9 +39,6 @@ def root(tmp_path: Path) -> Path:
             stand_in.parent.mkdir(parents=True, exist_ok=True)
             stand_in.write_text("#!/bin/sh\n")
             stand_in.chmod(0o755)
-    # ExecReload's bare `kill` is looked up in PATH inside the root.
-    (tmp_path / "usr/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy(shutil.which("kill") or "/bin/kill", tmp_path / "usr/bin/kill")
     return tmp_path
 
 
