@@ -1,7 +1,7 @@
 """Real mail through the pipeline: mails/s and the share of wall time in each stage.
 
 Every file of `../shared/corpora` (or `--synthetic N` smtp-source-like mails) is accepted into
-a fresh store, then each inbox row is run through `TicketService.process` one after another,
+a fresh store, then the inbox rows are run through `TicketService.process_batch` in batches,
 as the daemon does. The stages are timed by wrapping the functions the service calls
 (`parse_mail`, `classify`, `TicketService._thread`); `apply` is the rest of `process` (the
 ticket changes, rendering, and the one commit). A cProfile summary of the same run follows.
@@ -25,6 +25,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
+from supportd.app import BATCH_BYTES, BATCH_MAILS
 from supportd.clock import SystemClock
 from supportd.config import load_config
 from supportd.mail.classify import classify
@@ -110,14 +111,15 @@ async def run(mails: list[bytes], folder: Path, profile: cProfile.Profile) -> di
     for raw in mails:
         await store.accept(raw, key=dedupe_key(raw), source="bench", mail_from="",
                            rcpt_to=["support@example.com"], at=datetime.now(UTC))
-    ids = await store.inbox_ids("new", limit=len(mails))
     outcomes: dict[str, int] = {}
+    processed = 0
     profile.enable()
     start = time.perf_counter()
-    for inbox_id in ids:
-        outcome = await service.process(inbox_id)
-        kind = "failed" if outcome.failed else "stored"
-        outcomes[kind] = outcomes.get(kind, 0) + 1
+    while rows := await store.new_inbox_rows(BATCH_MAILS, BATCH_BYTES):
+        for outcome in await service.process_batch(rows):
+            kind = "failed" if outcome.failed else "stored"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+        processed += len(rows)
     total = time.perf_counter() - start
     profile.disable()
     await store.close()
@@ -127,7 +129,7 @@ async def run(mails: list[bytes], folder: Path, profile: cProfile.Profile) -> di
     parse_only = time.perf_counter() - start
     shares = {k: v / total for k, v in stages.seconds.items()}
     shares["apply"] = 1.0 - sum(shares.values())
-    return {"mails": len(ids), "seconds": total, "parse_only": parse_only,
+    return {"mails": processed, "seconds": total, "parse_only": parse_only,
             "outcomes": outcomes, "shares": shares}
 
 

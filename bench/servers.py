@@ -68,8 +68,9 @@ class Server:
 
     def __init__(self, args: list[str], port: int, cwd: Path) -> None:
         self.port = port
-        self.process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        with open(cwd / "server.log", "ab") as log:  # BENCH_LOG_LEVEL=INFO to see more
+            self.process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL,
+                                            stderr=log)
         wait_until(lambda: listening(port), timeout=30, what=f"{args[1]} to listen")
 
     def rss_mb(self) -> float:
@@ -93,7 +94,8 @@ def supportd(folder: Path, store: str = "supportd.sqlite3") -> Server:
     (folder / "supportd.toml").write_text(CONFIG.format(
         port=port, store=store, templates=REPO / "templates"))
     return Server([sys.executable, "-m", "supportd.cli", "--config", "supportd.toml",
-                   "--log-level", "WARNING", "run"], port, folder)
+                   "--log-level", os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "run"],
+                  port, folder)
 
 
 def smtp_source(port: int, mails: int, *, sessions: int = 20, size: int = 2048) -> float:

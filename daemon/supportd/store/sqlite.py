@@ -1,16 +1,25 @@
 """Store: every SQL statement of supportd, over one SQLite file in WAL mode (aiosqlite).
 
-One connection does all writing, serialised by a lock: SQLite has one writer anyway, and a
-single connection lets intake share commits. `accept` is group commit: inbox rows that
-arrive while a commit is in flight are written together in the next one, so concurrent SMTP
-sessions share one fsync (synchronous=FULL: a commit is on disk before `accept` returns).
+SQLite has one writer. `accept` is group commit: inbox rows that arrive while a commit is in
+flight are written together in the next one, so concurrent SMTP sessions share one fsync
+(synchronous=FULL: a commit is on disk before `accept` returns). That commit runs as one
+call on a connection and thread of its own (lock, BEGIN, inserts, COMMIT), so it never
+holds the lock across event-loop turns; everything else writes through the aiosqlite
+connection, serialised by an asyncio lock. All writers, in this and other processes
+(`supportd replay`), take an flock on `<store>.lock` before BEGIN: the kernel wakes the next
+writer the moment it is released, where SQLite's busy handler polls with sleeps of up to
+100 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import fcntl
 import json
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -138,22 +147,33 @@ class _Arrival:
     done: asyncio.Future[Accepted]
 
 
+PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000")
+
+
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self._write_lock = asyncio.Lock()
+        self._writer_lock = _open_lock(path)
         self._arrivals: list[_Arrival] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inbox_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in PRAGMAS:
+            self._inbox_db.execute(f"PRAGMA {pragma}")
+        self._inbox_lock = _open_lock(path)  # its own open file: flock excludes the other
+        self._inbox_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="supportd-inbox")
+        self.lock_waits = 0  # write transactions that waited for another writer
+        self.lock_wait_seconds = 0.0
 
     @classmethod
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = sqlite3.Row
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
-                       "busy_timeout=10000"):
+        for pragma in PRAGMAS:
             await db.execute(f"PRAGMA {pragma}")
-        store = cls(db)
+        store = cls(db, path)
         await store._migrate()
         return store
 
@@ -161,6 +181,10 @@ class Store:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         await self._db.close()
+        self._inbox_thread.shutdown()
+        self._inbox_db.close()
+        os.close(self._writer_lock)
+        os.close(self._inbox_lock)
 
     async def _migrate(self) -> None:
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
@@ -184,13 +208,48 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One write transaction; commits on leaving, rolls back on an exception."""
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            await self._lock_writers()
             try:
-                yield Tx(self._db)
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Tx(self._db)
+                except BaseException:
+                    await self._db.rollback()
+                    raise
+                await self._db.commit()
+            finally:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+
+    async def _lock_writers(self) -> None:
+        try:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            started = time.perf_counter()
+            await asyncio.to_thread(fcntl.flock, self._writer_lock, fcntl.LOCK_EX)
+            self.lock_waits += 1
+            self.lock_wait_seconds += time.perf_counter() - started
+
+    def _commit_arrivals(self, batch: list[_Arrival]) -> list[Accepted]:
+        """In the inbox thread: the whole group commit, so the lock is held only for it."""
+        try:
+            fcntl.flock(self._inbox_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            started = time.perf_counter()
+            fcntl.flock(self._inbox_lock, fcntl.LOCK_EX)
+            self.lock_waits += 1
+            self.lock_wait_seconds += time.perf_counter() - started
+        db = self._inbox_db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                results = [_insert_inbox(db, a) for a in batch]
             except BaseException:
-                await self._db.rollback()
+                db.rollback()
                 raise
-            await self._db.commit()
+            db.commit()
+        finally:
+            fcntl.flock(self._inbox_lock, fcntl.LOCK_UN)
+        return results
 
     # -- intake ------------------------------------------------------------------------
 
@@ -211,8 +270,8 @@ class Store:
         while self._arrivals:
             batch, self._arrivals = self._arrivals, []
             try:
-                async with self.transaction() as tx:
-                    results = [await tx.insert_inbox(a) for a in batch]
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._inbox_thread, self._commit_arrivals, batch)
             except Exception as error:
                 for arrival in batch:
                     if not arrival.done.done():
@@ -226,15 +285,26 @@ class Store:
         return [r[0] for r in await self._all(
             "SELECT id FROM inbox WHERE state = ? ORDER BY id LIMIT ?", (state, limit))]
 
+    async def new_inbox_rows(self, limit: int, max_bytes: int) -> list[InboxRow]:
+        """The oldest `new` rows, at most `limit` and about `max_bytes` of mail (at least one)."""
+        sizes = await self._all("SELECT id, length(raw) FROM inbox WHERE state = 'new' "
+                                "ORDER BY id LIMIT ?", (limit,))
+        ids: list[int] = []
+        total = 0
+        for inbox_id, size in sizes:
+            if ids and total + size > max_bytes:
+                break
+            ids.append(inbox_id)
+            total += size
+        if not ids:
+            return []
+        rows = await self._all(f"SELECT * FROM inbox WHERE id IN ({','.join('?' * len(ids))}) "
+                               "ORDER BY id", tuple(ids))
+        return [_inbox_row(r) for r in rows]
+
     async def inbox_row(self, inbox_id: int) -> InboxRow | None:
         rows = await self._all("SELECT * FROM inbox WHERE id = ?", (inbox_id,))
         return _inbox_row(rows[0]) if rows else None
-
-    async def mark_failed(self, inbox_id: int, error: str) -> None:
-        async with self.transaction() as tx:
-            await tx.execute(
-                "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
-                "WHERE id = ?", (error, inbox_id))
 
     async def imap_position(self, mailbox: str) -> ImapPosition | None:
         rows = await self._all(
@@ -332,8 +402,7 @@ class Store:
         return [_outbox_row(r) for r in rows]
 
     async def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._db.execute_fetchall(sql, args))  # one thread hop, not three
 
 
 class Tx:
@@ -342,29 +411,39 @@ class Tx:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
+    # Each statement is one hop to aiosqlite's thread (a cursor costs three: run, fetch, close).
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
-        async with self._db.execute(sql, args) as cur:
-            return cur.lastrowid
+        row = await self._db.execute_insert(sql, args)
+        return row[0] if row else None
 
     async def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
-        async with self._db.execute(sql, args) as cur:
-            row: sqlite3.Row | None = await cur.fetchone()
-            return row
+        rows = await self._db.execute_fetchall(sql, args)
+        return next(iter(rows), None)
 
-    async def insert_inbox(self, a: _Arrival) -> Accepted:
-        row = await self._one(
-            "INSERT INTO inbox (received_at, source, mail_from, rcpt_to, dedupe_key, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-            (a.at, a.source, a.mail_from, json.dumps(a.rcpt_to), a.key, a.raw))
-        if row is not None:
-            return Accepted(row[0], duplicate=False)
-        existing = await self._one("SELECT id FROM inbox WHERE dedupe_key = ?", (a.key,))
-        assert existing is not None  # the conflict above means the row exists
-        return Accepted(existing[0], duplicate=True)
+    async def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        return list(await self._db.execute_fetchall(sql, args))
 
-    async def inbox_state(self, inbox_id: int) -> str | None:
-        row = await self._one("SELECT state FROM inbox WHERE id = ?", (inbox_id,))
-        return row[0] if row else None
+    async def inbox_states(self, inbox_ids: Iterable[int]) -> dict[int, str]:
+        ids = tuple(inbox_ids)
+        rows = await self._all(
+            f"SELECT id, state FROM inbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return {r[0]: r[1] for r in rows}
+
+    # One savepoint per mail in a batch: a mail that raises is undone alone (SQLite SAVEPOINT).
+    async def savepoint(self) -> None:
+        await self._db.execute_fetchall("SAVEPOINT mail", ())
+
+    async def release_savepoint(self) -> None:
+        await self._db.execute_fetchall("RELEASE mail", ())
+
+    async def rollback_to_savepoint(self) -> None:
+        await self._db.execute_fetchall("ROLLBACK TO mail", ())
+        await self._db.execute_fetchall("RELEASE mail", ())
+
+    async def mark_inbox_failed(self, inbox_id: int, error: str) -> None:
+        await self.execute(
+            "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
+            "WHERE id = ?", (error, inbox_id))
 
     async def mark_inbox_done(self, inbox_id: int, ticket_id: int) -> None:
         await self.execute(
@@ -394,10 +473,10 @@ class Tx:
              t.account, timestamp(t.created_at), timestamp(t.updated_at)))
 
     async def participants(self, ticket_id: int) -> list[Participant]:
-        async with self._db.execute(
+        rows = await self._all(
             "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid",
-            (ticket_id,)) as cur:
-            return [Participant(r[0], r[1]) for r in await cur.fetchall()]
+            (ticket_id,))
+        return [Participant(r[0], r[1]) for r in rows]
 
     async def add_participant(self, ticket_id: int, email: str, role: str) -> None:
         await self.execute(
@@ -409,17 +488,16 @@ class Tx:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        async with self._db.execute(
+        rows = await self._all(
             f"SELECT message_id, ticket_id FROM message_ids WHERE message_id IN ({marks})",
-            ids) as cur:
-            return {r[0]: r[1] for r in await cur.fetchall()}
+            tuple(ids))
+        return {r[0]: r[1] for r in rows}
 
     async def thread_message_ids(self, ticket_id: int) -> list[str]:
         """The ticket's Message-IDs, oldest first: the References of mail we send on it."""
-        async with self._db.execute(
-            "SELECT message_id FROM message_ids WHERE ticket_id = ? ORDER BY rowid",
-            (ticket_id,)) as cur:
-            return [r[0] for r in await cur.fetchall()]
+        rows = await self._all(
+            "SELECT message_id FROM message_ids WHERE ticket_id = ? ORDER BY rowid", (ticket_id,))
+        return [r[0] for r in rows]
 
     async def remember_message_id(self, message_id: str, ticket_id: int) -> None:
         await self.execute(
@@ -466,6 +544,22 @@ class Tx:
             "message_id, raw, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mail.ticket_id, timestamp(at), mail.kind, int(mail.automatic), mail.mail_from,
              mail.rcpt_to, mail.message_id, mail.raw, timestamp(at)))
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _insert_inbox(db: sqlite3.Connection, a: _Arrival) -> Accepted:
+    row = db.execute(
+        "INSERT INTO inbox (received_at, source, mail_from, rcpt_to, dedupe_key, raw) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        (a.at, a.source, a.mail_from, json.dumps(a.rcpt_to), a.key, a.raw)).fetchone()
+    if row is not None:
+        return Accepted(row[0], duplicate=False)
+    existing = db.execute("SELECT id FROM inbox WHERE dedupe_key = ?", (a.key,)).fetchone()
+    assert existing is not None  # the conflict above means the row exists
+    return Accepted(existing[0], duplicate=True)
 
 
 def _ticket(r: sqlite3.Row) -> Ticket:

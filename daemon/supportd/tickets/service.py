@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -94,23 +96,53 @@ class TicketService:
         row = await self.store.inbox_row(inbox_id)
         if row is None:
             return Outcome(inbox_id, None, "no such inbox row")
+        return (await self.process_batch([row]))[0]
+
+    async def process_batch(self, rows: Sequence[InboxRow], *,
+                            budget: float = float("inf")) -> list[Outcome]:
+        """Process inbox rows in one transaction (one fsync for all), each in its own savepoint:
+        a mail that raises is rolled back alone and marked failed, raw mail kept. Stops after
+        `budget` seconds (other writers wait that long): the outcomes of the first rows only."""
+        outcomes: list[Outcome] = []
         try:
-            mail = parse_mail(row.raw)
             async with self.store.transaction() as tx:
-                if await tx.inbox_state(inbox_id) == "done":
-                    return Outcome(inbox_id, row.ticket_id, "already processed")
-                outcome = await self._apply(tx, row, mail)
-                await tx.mark_inbox_done(inbox_id, outcome.ticket_id or 0)
+                deadline = time.perf_counter() + budget
+                states = await tx.inbox_states(row.id for row in rows)
+                for row in rows:
+                    if outcomes and time.perf_counter() > deadline:
+                        break
+                    if states.get(row.id) == "done":
+                        outcomes.append(Outcome(row.id, row.ticket_id, "already processed"))
+                        continue
+                    outcomes.append(await self._process_one(tx, row))
         except Exception as error:
+            if not store_unavailable(error):
+                raise
+            # Not the mails' fault: nothing was written, so they are simply tried again.
             message = f"{type(error).__name__}: {error}"
+            log.warning("inbox=%d..%d store unavailable, will retry: %s", rows[0].id,
+                        rows[-1].id, message)
+            return [Outcome(rows[0].id, None, f"store unavailable: {message}", retry=True)]
+        for outcome in outcomes:
+            if not outcome.failed:
+                log.info("ticket=%s inbox=%d %s", outcome.ticket_id, outcome.inbox_id,
+                         outcome.summary)
+        return outcomes
+
+    async def _process_one(self, tx: Tx, row: InboxRow) -> Outcome:
+        await tx.savepoint()
+        try:
+            outcome = await self._apply(tx, row, parse_mail(row.raw))
+            await tx.mark_inbox_done(row.id, outcome.ticket_id or 0)
+        except Exception as error:
             if store_unavailable(error):
-                # Not the mail's fault: nothing was written, so it is simply tried again.
-                log.warning("inbox=%d store unavailable, will retry: %s", inbox_id, message)
-                return Outcome(inbox_id, None, f"store unavailable: {message}", retry=True)
-            log.exception("inbox=%d processing failed: %s", inbox_id, message)
-            await self.store.mark_failed(inbox_id, message)
-            return Outcome(inbox_id, None, f"failed: {message}", failed=True)
-        log.info("ticket=%s inbox=%d %s", outcome.ticket_id, inbox_id, outcome.summary)
+                raise  # SQLite may have rolled back the whole transaction: retry the batch
+            await tx.rollback_to_savepoint()
+            message = f"{type(error).__name__}: {error}"
+            log.exception("inbox=%d processing failed: %s", row.id, message)
+            await tx.mark_inbox_failed(row.id, message)
+            return Outcome(row.id, None, f"failed: {message}", failed=True)
+        await tx.release_savepoint()
         return outcome
 
     async def _apply(self, tx: Tx, row: InboxRow, mail: ParsedMail) -> Outcome:
