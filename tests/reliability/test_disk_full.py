@@ -53,6 +53,9 @@ def test_full_store_disk_answers_451_and_keeps_every_accepted_mail(tmp_path: Pat
         for message_id in refused:
             daemon.send(mail(message_id=message_id, body=BODY))
         wait_for(daemon.inbox_settled, timeout=60, what="inbox processed after the disk freed")
+        # The outbox worker lived through the full disk too, and sends everything queued.
+        wait_for(lambda: not daemon.query("SELECT 1 FROM outbox WHERE state != 'sent'"),
+                 timeout=60, what="every outbound mail sent after the disk freed")
 
         db = sqlite3.connect(store / "supportd.sqlite3")
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

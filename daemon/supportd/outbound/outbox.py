@@ -15,7 +15,7 @@ from datetime import timedelta
 from supportd.clock import Clock
 from supportd.metrics import OUTBOX_DELIVERIES
 from supportd.outbound.transport import DeliveryError, Envelope, Transport
-from supportd.store.sqlite import OutboxRow, Store
+from supportd.store.sqlite import OutboxRow, Store, store_unavailable
 
 log = logging.getLogger("supportd.outbox")
 
@@ -40,11 +40,19 @@ class OutboxWorker:
 
     async def run(self) -> None:
         while not self.stopping:
-            await self.send_due()
-            if self.stopping:
-                return
-            self.wake.clear()
-            next_due = await self.store.next_mail_due()
+            try:
+                await self.send_due()
+                if self.stopping:
+                    return
+                self.wake.clear()
+                next_due = await self.store.next_mail_due()
+            except Exception as error:
+                if not store_unavailable(error):
+                    raise
+                # A full disk must not stop the daemon: the row stays queued, and a mail sent
+                # but not recorded is sent again later (idempotent in a Maildir, see above).
+                log.warning("outbox: store unavailable, will retry: %s", error)
+                next_due = None
             wait = 1.0  # also picks up mail queued by another process (`supportd replay`)
             if next_due is not None:
                 wait = max(0.0, min(wait, (next_due - self.clock.now()).total_seconds()))
