@@ -44,3 +44,20 @@ def test_headers_from_input_are_folded_onto_one_line() -> None:
     assert msg["References"] == "<r@x> <a@x>"
     assert [p.get_content_type() for p in msg.walk()] == [
         "multipart/alternative", "text/plain", "text/html"]
+
+
+def test_non_ascii_subject_and_name_are_encoded_and_read_back() -> None:
+    raw = compose_mail(Headers(
+        from_name="Zoë via Support", from_addr="support@example.com", to="c@x",
+        subject="Re: [Support #7] Ärger mit der Rechnung — bitte prüfen " * 3,
+        reply_to="support+7-00@example.com", message_id="m@example.com", in_reply_to=None,
+        references=tuple(f"ref{i}@example.com" for i in range(12)), auto_submitted=None,
+        loop_address="support@example.com", date=NOW,
+    ), Renderer(REPO / "templates").render("acknowledgement", {
+        "ticket": TICKET, "support_name": "S", "prefix": "Support", "subject": "x"}))
+    assert raw.isascii() and all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == ("Re: [Support #7] Ärger mit der Rechnung — bitte prüfen " * 3).strip()
+    assert msg["From"].addresses[0].display_name == "Zoë via Support"
+    assert len(msg["References"].split()) == 12
+    assert msg["Auto-Submitted"] is None
