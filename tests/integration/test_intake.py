@@ -10,21 +10,28 @@ import pytest
 from tests.integration.conftest import Daemon, body_text, free_port, mail, wait_for
 
 
-def test_unknown_recipient_is_refused_at_rcpt(daemon: Daemon) -> None:
+def rcpt(daemon: Daemon, address: str) -> tuple[int, bytes]:
+    """The server's answer to RCPT TO:<address> in a fresh session."""
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
         client.ehlo()
         client.mail("carol@customer.example")
-        code, message = client.rcpt("sales@example.com")
+        return client.rcpt(address)
+
+
+def test_unknown_recipient_is_refused_at_rcpt(daemon: Daemon) -> None:
+    code, message = rcpt(daemon, "sales@example.com")
     assert code == 550
     assert message.startswith(b"5.1.1 <sales@example.com>")
 
 
 def test_forged_reply_token_is_refused_at_rcpt(daemon: Daemon) -> None:
-    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
-        client.ehlo()
-        client.mail("carol@customer.example")
-        code, _ = client.rcpt("support+1-0123456789abcdef@example.com")
-    assert code == 550
+    assert rcpt(daemon, "support+1-0123456789abcdef@example.com")[0] == 550
+
+
+def test_reply_token_of_a_ticket_is_accepted_at_rcpt(daemon: Daemon) -> None:
+    daemon.send(mail())
+    [ack] = [m for m in daemon.new_mail(2) if m["To"] == "carol@customer.example"]
+    assert rcpt(daemon, str(ack["Reply-To"]))[0] == 250
 
 
 def test_too_large_mail_is_refused_with_552(tmp_path: Path) -> None:
