@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -41,7 +42,8 @@ def make_transport(config: Config) -> Transport:
     return MaildirTransport(out.maildir)
 
 
-def recipient_check(config: Config):  # type: ignore[no-untyped-def]
+def recipient_check(config: Config) -> Callable[[str], bool]:
+    """Whether an RCPT address is ours: a support address or a valid reply-token address."""
     support = frozenset(config.support.addresses)
 
     def is_our_recipient(address: str) -> bool:
