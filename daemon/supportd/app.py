@@ -167,6 +167,11 @@ class Supportd:
         helpers: list[asyncio.Task[None]] = []
         web_runner = None
         try:
+            # Before binding: a SIGTERM that comes while starting is a clean stop once ready.
+            loop = asyncio.get_running_loop()
+            for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                               (signal.SIGHUP, "reload")):
+                loop.add_signal_handler(sig, self.events.put_nowait, event)
             passed = listen_sockets()
             await self._listen(passed)
             if self.config.http.listen is not None or "http" in passed:
@@ -174,10 +179,6 @@ class Supportd:
             for name, worker in workers.items():
                 tasks.append(asyncio.create_task(worker.run(), name=name))
                 tasks[-1].add_done_callback(lambda _: self.events.put_nowait("worker"))
-            loop = asyncio.get_running_loop()
-            for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
-                               (signal.SIGHUP, "reload")):
-                loop.add_signal_handler(sig, self.events.put_nowait, event)
             if (interval := watchdog_interval()) is not None:
                 helpers.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
             self.notifier.ready(await self.status_line())
