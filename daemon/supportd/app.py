@@ -18,7 +18,7 @@ from supportd.config import Config, ConfigError, ConfigInvalid, load_config
 from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
-from supportd.mail.auth import token_in_address, verify_token
+from supportd.mail.auth import token_for_address
 from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS
 from supportd.outbound.outbox import OutboxWorker
 from supportd.outbound.templates import Renderer
@@ -48,11 +48,8 @@ def recipient_check(config: Config) -> Callable[[str], bool]:
 
     def is_our_recipient(address: str) -> bool:
         address = address.lower()
-        if address in support:
-            return True
-        token = token_in_address(address, support)
-        return token is not None and verify_token(
-            config.support.hmac_key, token, config.agent_by_email) is not None
+        return address in support or token_for_address(
+            address, support, config.support.hmac_key, config.agent_by_email) is not None
 
     return is_our_recipient
 

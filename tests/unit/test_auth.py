@@ -19,6 +19,7 @@ from supportd.mail.auth import (
     make_token,
     sender_is_authenticated,
     token_address,
+    token_for_address,
     token_in_address,
     verify_token,
 )
@@ -413,3 +414,11 @@ def test_corpus_mail_authenticated_by_its_own_receiving_server(
     trusted = frozenset(header.first_word for header in mine)
     headers = [ar(header.value) for header in mine]
     assert sender_is_authenticated(mine[0].from_email, headers, trusted) is authenticated
+
+
+def test_token_for_address_verifies_the_token_it_finds() -> None:
+    address = token_address("support@example.com", make_token(SECRET, 42, "bob@example.com"))
+    assert token_for_address(address, SUPPORT, SECRET, AGENTS) == TokenMatch(42, "bob@example.com")
+    forged = token_address("support@example.com", "42-0123456789abcdef")
+    assert token_for_address(forged, SUPPORT, SECRET, AGENTS) is None
+    assert token_for_address("support@example.com", SUPPORT, SECRET, AGENTS) is None

@@ -79,6 +79,14 @@ def verify_token(secret: bytes, token: str, agents: Iterable[str]) -> TokenMatch
     return None
 
 
+def token_for_address(
+    address: str, support_addresses: frozenset[str], secret: bytes, agents: Iterable[str]
+) -> TokenMatch | None:
+    """The verified token in a support+TOKEN@ address, or None (no token, or a forged one)."""
+    token = token_in_address(address, support_addresses)
+    return verify_token(secret, token, agents) if token is not None else None
+
+
 def _digest(secret: bytes, ticket_id: int, agent: str | None) -> str:
     # The newline-separated fields keep the customer and each agent's message distinct.
     subject = f"supportd reply token\n{ticket_id}\n{'' if agent is None else agent.strip().lower()}"

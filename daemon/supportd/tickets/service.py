@@ -21,8 +21,8 @@ from supportd.mail.auth import (
     make_token,
     sender_is_authenticated,
     token_address,
+    token_for_address,
     token_in_address,
-    verify_token,
 )
 from supportd.mail.classify import Decision, classify
 from supportd.mail.compose import Headers, compose_mail, new_message_id
@@ -192,14 +192,9 @@ class TicketService:
         # The envelope is what we were sent to; the headers matter where there is none (IMAP).
         addresses = [*row.rcpt_to, *(a.email for a in (*mail.to, *mail.cc))]
         support = frozenset(self.config.support.addresses)
-        for address in addresses:
-            token = token_in_address(address, support)
-            if token is not None:
-                match = verify_token(self.config.support.hmac_key, token,
-                                     self.config.agent_by_email)
-                if match is not None:
-                    return match
-        return None
+        matches = (token_for_address(address, support, self.config.support.hmac_key,
+                                     self.config.agent_by_email) for address in addresses)
+        return next(filter(None, matches), None)
 
     async def _thread(self, tx: Tx, incoming: _Incoming) -> int | None:
         mail = incoming.mail
