@@ -25,7 +25,6 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from supportd.app import BATCH_BYTES, BATCH_MAILS
 from supportd.clock import SystemClock
 from supportd.config import load_config
 from supportd.mail.classify import classify
@@ -34,6 +33,7 @@ from supportd.outbound.templates import Renderer
 from supportd.store.sqlite import Store
 from supportd.tickets import service as service_module
 from supportd.tickets.service import TicketService
+from supportd.worker import BATCH_BYTES, BATCH_MAILS
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO.parent / "shared" / "corpora"

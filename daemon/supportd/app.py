@@ -1,45 +1,33 @@
-"""App: the daemon's parts wired together and run until told to stop."""
+"""App: the daemon's parts wired together and run until told to stop.
+
+The daemon is two processes: this one receives (SMTP, LMTP, IMAP), answers systemd and
+serves /healthz and /metrics; the worker process it starts (supportd.worker) processes
+what was received and sends what that queues.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
 
 from supportd.clock import Clock, SystemClock
-from supportd.config import Config, ConfigError, ConfigInvalid, load_config
+from supportd.config import Config, ConfigInvalid, load_config
 from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
 from supportd.mail.auth import token_for_address
-from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS
-from supportd.outbound.outbox import OutboxWorker
-from supportd.outbound.templates import Renderer
-from supportd.outbound.transport import MaildirTransport, MxTransport, SmtpTransport, Transport
-from supportd.store.sqlite import InboxRow, Store
+from supportd.store.sqlite import Store
 from supportd.systemd import Notifier, listen_sockets, watchdog_interval
-from supportd.tickets.service import TEMPLATE_KINDS, TicketService
 from supportd.web.monitoring import monitoring_app, read_counts, serve_monitoring
+from supportd.worker import WorkerProcess, load_renderer
 
 log = logging.getLogger("supportd")
-
-
-def make_transport(config: Config) -> Transport:
-    out = config.outbound
-    if out.transport == "smtp" and out.smarthost is not None:
-        s = out.smarthost
-        return SmtpTransport(host=s.host, port=s.port, starttls=s.starttls,
-                             username=s.username, password=s.password, tls_verify=s.tls_verify)
-    if out.transport == "mx":
-        return MxTransport(helo=config.smtp.hostname)
-    return MaildirTransport(out.maildir)
 
 
 def recipient_check(config: Config) -> Callable[[str], bool]:
@@ -54,16 +42,6 @@ def recipient_check(config: Config) -> Callable[[str], bool]:
     return is_our_recipient
 
 
-def load_renderer(config: Config) -> Renderer:
-    """The templates of `config`, checked; a missing or broken one is a config error."""
-    renderer = Renderer(config.outbound.templates)
-    problems = renderer.check(TEMPLATE_KINDS)
-    if problems:
-        raise ConfigInvalid([ConfigError(str(config.path), "outbound.templates", problem)
-                             for problem in problems])
-    return renderer
-
-
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """Settings a reload cannot apply: bound sockets and the open store stay as they are."""
     pairs = {
@@ -76,48 +54,6 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "http.listen": (old.http.listen, new.http.listen),
     }
     return [key for key, (before, after) in pairs.items() if before != after]
-
-
-# Mails per processing transaction: one fsync for all, but the write lock held at most about
-# BATCH_SECONDS so intake's commits (and their 250s) wait little; raw mail in memory bounded.
-BATCH_MAILS = 50
-BATCH_BYTES = 8 * 1024 * 1024
-BATCH_SECONDS = 0.003
-
-
-class Processor:
-    """Runs every new inbox row through the ticket service, oldest first, in batches."""
-
-    def __init__(self, store: Store, service: TicketService, outbox: OutboxWorker) -> None:
-        self.store, self.service, self.outbox = store, service, outbox
-        self.wake = asyncio.Event()
-        self.stopping = False
-
-    def stop(self) -> None:
-        """Return from run() once the batch in process now is committed (SIGTERM)."""
-        self.stopping = True
-        self.wake.set()
-
-    async def run(self) -> None:
-        while not self.stopping:
-            self.wake.clear()
-            rows: list[InboxRow] = []
-            while not self.stopping and (rows := rows or await self.store.new_inbox_rows(
-                    BATCH_MAILS, BATCH_BYTES)):
-                started = time.perf_counter()
-                outcomes = await self.service.process_batch(rows, budget=BATCH_SECONDS)
-                if outcomes[0].retry:
-                    break  # the store cannot write now (disk full): try again after the wait
-                rows = rows[len(outcomes):]
-                per_mail = (time.perf_counter() - started) / len(outcomes)
-                for outcome in outcomes:
-                    PROCESSING_SECONDS.observe(per_mail)
-                    MAILS_PROCESSED.labels("failed" if outcome.failed else "done").inc()
-                self.outbox.wake.set()
-            with contextlib.suppress(TimeoutError):
-                # The event covers our own intake; the timeout catches rows added by others
-                # (`supportd replay` in another process).
-                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
 
 class Worker(Protocol):
@@ -150,20 +86,18 @@ class Supportd:
         self.events: asyncio.Queue[str] = asyncio.Queue()  # "reload", "stop", "worker"
 
     async def run(self) -> None:
-        renderer = load_renderer(self.config)
-        self.store = await Store.open(self.config.store_path)
-        self.outbox = OutboxWorker(store=self.store, transport=make_transport(self.config),
-                                   clock=self.clock, max_attempts=self.config.outbound.max_attempts)
-        self.processor = Processor(
-            self.store, TicketService(self.config, self.store, self.clock, renderer), self.outbox)
-        workers: dict[str, Worker] = {"processor": self.processor, "outbox": self.outbox}
-        for mailbox in self.config.imap:
-            workers[f"imap:{mailbox.name}"] = MailboxWatcher(
-                mailbox, self.store, self.clock, on_accept=self.processor.wake.set)
+        load_renderer(self.config)  # broken templates stop the start here, with exit code 2
+        self.store = await Store.open(self.config.store_path)  # migrated before the worker
         tasks: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
         web_runner = None
+        workers: dict[str, Worker] = {}
         try:
+            self.worker = await WorkerProcess.start(self.config.path)
+            workers["worker"] = self.worker
+            for mailbox in self.config.imap:
+                workers[f"imap:{mailbox.name}"] = MailboxWatcher(
+                    mailbox, self.store, self.clock, on_accept=self.worker.wake)
             # Before binding: a SIGTERM that comes while starting is a clean stop once ready.
             loop = asyncio.get_running_loop()
             for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
@@ -189,6 +123,8 @@ class Supportd:
         finally:
             for server in self.servers:
                 server.close()
+            for worker in workers.values():
+                worker.stop()  # no-op after a clean shutdown; else the worker exits with us
             for task in [*tasks, *helpers]:
                 task.cancel()
             await asyncio.gather(*tasks, *helpers, return_exceptions=True)
@@ -212,7 +148,7 @@ class Supportd:
         for name, at, lmtp in listeners:
             handler = IntakeHandler(store=self.store, clock=self.clock, source=name,
                                     is_our_recipient=recipient_check(self.config),
-                                    on_accept=self.processor.wake.set)
+                                    on_accept=self.worker.wake)
             self.servers.append(await serve(
                 handler, at=at, hostname=smtp.hostname, max_size=smtp.max_message_size,
                 lmtp=lmtp, sessions=self.sessions))
@@ -224,7 +160,8 @@ class Supportd:
     async def _serve_http(self, sock: socket.socket | None,
                           tasks: list[asyncio.Task[None]]) -> web.AppRunner:
         app = monitoring_app(store=self.store, clock=self.clock,
-                             workers_running=lambda: not any(t.done() for t in tasks))
+                             workers_running=lambda: not any(t.done() for t in tasks),
+                             worker_metrics=self.worker.metrics)
         listen = self.config.http.listen
         if sock is not None or listen is None:
             runner = await serve_monitoring(app, sock=sock)
@@ -240,26 +177,24 @@ class Supportd:
         path = self.config.path
         try:
             config = load_config(path)
-            renderer = load_renderer(config)
+            load_renderer(config)
         except ConfigInvalid as invalid:
             for error in invalid.errors:
                 log.error("reload rejected, old config kept: %s", error)
         else:
-            self.apply(config, renderer)
+            self.apply(config)
+            self.worker.reload()  # it reads the file again itself
             log.info("reloaded %s: %d agents, %d groups, support at %s", path,
                      len(config.agents), len(config.groups), ", ".join(config.support.addresses))
         self.notifier.ready(await self.status_line())
 
-    def apply(self, config: Config, renderer: Renderer) -> None:
-        """Put a checked config into the running parts; open sessions stay open."""
+    def apply(self, config: Config) -> None:
+        """Put a checked config into intake; open sessions stay open."""
         for key in restart_only_changes(self.config, config):
             log.warning("reload: %s changed; that takes effect at the next restart", key)
         is_our_recipient = recipient_check(config)
         for handler in self.handlers:
             handler.is_our_recipient = is_our_recipient
-        self.processor.service = TicketService(config, self.store, self.clock, renderer)
-        self.outbox.transport = make_transport(config)
-        self.outbox.max_attempts = config.outbound.max_attempts
         self.config = config
 
     async def _shutdown(self, workers: dict[str, Worker], tasks: list[asyncio.Task[None]],

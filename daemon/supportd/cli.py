@@ -1,13 +1,17 @@
-"""CLI: `supportd run | check-config | tickets | show | replay | imap-check`, each with --help."""
+"""CLI: `supportd run | check-config | tickets | show | replay | imap-check`, each with --help.
+
+`supportd worker` is the process `run` starts for processing and outbound mail.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from supportd.app import run_daemon
 from supportd.clock import SystemClock
@@ -18,6 +22,7 @@ from supportd.outbound.templates import Renderer
 from supportd.store.sqlite import Store
 from supportd.tickets.model import Status
 from supportd.tickets.service import TEMPLATE_KINDS, TicketService
+from supportd.worker import run_worker
 
 DEFAULT_CONFIG = Path("supportd.toml")
 
@@ -37,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "lets open SMTP transactions finish, then exits. Under "
                                     "systemd (Type=notify) it reports READY, STATUS and "
                                     "WATCHDOG and logs with journald priorities.")
+    worker = commands.add_parser(
+        "worker", help="(started by `run`) process mail and send what it queues",
+        description="The worker process that `supportd run` starts: it processes inbox mail "
+                    "into tickets and sends the mail that queues. It exits with the daemon "
+                    "that started it; there is no need to run it by hand.")
+    worker.add_argument("--socket-fd", type=int, required=True,
+                        help="the Unix socket shared with the daemon")
+    worker.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid")
     commands.add_parser("check-config", help="check the config file and templates",
                         description="Check the config file and the templates; print every "
                                     "error with file, key and reason; exit 2 if any.")
@@ -81,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     actions: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "run": lambda: _run(config),
+        "worker": lambda: _worker(config, args.socket_fd, args.parent_pid),
         "tickets": lambda: list_tickets(config, args.status, args.group, args.assignee,
                                         args.limit),
         "show": lambda: show_ticket(config, args.ticket),
         "replay": lambda: replay_inbox(config, args.inbox_id, every_failed=args.failed),
         "imap-check": lambda: imap_check_command(config, args.name),
     }
-    return asyncio.run(actions[args.command]())
+    # uvloop: the same asyncio API, with less CPU per connection and per callback.
+    return uvloop.run(actions[args.command]())
+
+
+async def _worker(config: Config, socket_fd: int, parent_pid: int) -> int:
+    await run_worker(config, socket_fd=socket_fd, parent_pid=parent_pid)
+    return 0
 
 
 async def _run(config: Config) -> int:

@@ -1,7 +1,9 @@
 """Metrics: the Prometheus families supportd exports at GET /metrics (prometheus_client).
 
-Counters and the latency histogram live in the process (they restart at zero, as Prometheus
-expects of counters); gauges of tickets, inbox and outbox are read from the store at scrape.
+Counters and the latency histogram live in the process that counts (they restart at zero,
+as Prometheus expects of counters): intake's in the daemon (REGISTRY), processing's and
+delivery's in the worker process (WORKER_REGISTRY), which the daemon asks for at each scrape.
+Gauges of tickets, inbox and outbox are read from the store at scrape.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from supportd.store.sqlite import Counts
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
+WORKER_REGISTRY = CollectorRegistry()
 
 MAILS_RECEIVED = Counter(
     "supportd_mails_received", "Mails offered to intake, by source and outcome "
@@ -23,14 +26,14 @@ MAILS_RECEIVED = Counter(
     ["source", "outcome"], registry=REGISTRY)
 MAILS_PROCESSED = Counter(
     "supportd_mails_processed", "Inbox mails processed, by outcome (done, failed)",
-    ["outcome"], registry=REGISTRY)
+    ["outcome"], registry=WORKER_REGISTRY)
 PROCESSING_SECONDS = Histogram(
     "supportd_processing_seconds", "Time to turn one inbox mail into ticket changes",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-    registry=REGISTRY)
+    registry=WORKER_REGISTRY)
 OUTBOX_DELIVERIES = Counter(
     "supportd_outbox_deliveries", "Outbound delivery attempts, by result "
-    "(sent, retry, failed: given up)", ["result"], registry=REGISTRY)
+    "(sent, retry, failed: given up)", ["result"], registry=WORKER_REGISTRY)
 
 for _outcome in ("done", "failed"):
     MAILS_PROCESSED.labels(_outcome)

@@ -9,10 +9,9 @@ in its DATA phase is still received, stored and answered `250`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
@@ -71,20 +70,16 @@ class _Draining(SMTP):
     def __init__(self, handler: Any, *, sessions: Sessions, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.sessions = sessions
-        # aiosmtpd dispatches through this table; wrapping it guards every command verb.
-        self._smtp_methods = {name: self._guard(name, method)
-                              for name, method in self._smtp_methods.items()}
+        # aiosmtpd looks every command verb up in this table: guarding the lookup guards all.
+        self._smtp_methods = _GuardedCommands(self, self._smtp_methods)
 
-    def _guard(self, name: str, method: Callable[[str | None], Awaitable[None]]
-               ) -> Callable[[str | None], Awaitable[None]]:
-        @functools.wraps(method)
-        async def guarded(arg: str | None) -> None:
-            if self.sessions.closing and not (name in CONTINUING and
-                                              (self.in_transaction or name == "QUIT")):
-                self.goodbye()
-                return
-            await method(arg)
-        return guarded
+    def refused(self, name: str) -> bool:
+        """Whether command `name` gets 421 now: closing, and it does not finish a mail."""
+        return self.sessions.closing and not (name in CONTINUING and
+                                              (self.in_transaction or name == "QUIT"))
+
+    async def refuse(self, arg: str | None) -> None:
+        self.goodbye()
 
     @property
     def in_transaction(self) -> bool:
@@ -98,18 +93,40 @@ class _Draining(SMTP):
         super().connection_made(transport)
         self.sessions.open.add(self)
 
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels the session here. A session cancelled before it ever ran (a
+        # client that connects and closes at once, as health probes do) never closes its
+        # side under uvloop; closing it here ends the connection under either loop.
+        super().eof_received()
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.closed(self)
         super().connection_lost(error)
 
+    # Not isinstance(asyncio.WriteTransport): uvloop's transports are not, yet write alike.
     def goodbye(self) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.write(GOODBYE)
-            self.transport.close()
+        if (transport := cast("asyncio.Transport | None", self.transport)) is not None:
+            transport.write(GOODBYE)
+            transport.close()
 
     def abort(self) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.abort()
+        if (transport := cast("asyncio.Transport | None", self.transport)) is not None:
+            transport.abort()
+
+
+class _GuardedCommands(dict[str, Callable[[str | None], Awaitable[None]]]):
+    """A session's command table that hands out `refuse` for the commands it refuses now."""
+
+    def __init__(self, session: _Draining,
+                 commands: dict[str, Callable[[str | None], Awaitable[None]]]) -> None:
+        super().__init__(commands)
+        self.session = session
+
+    def get(self, name: str, default: Any = None) -> Any:  # one lookup per command line
+        method = super().get(name, default)
+        return self.session.refuse if method is not None and self.session.refused(name) \
+            else method
 
 
 class _DrainingLMTP(_Draining, LMTP):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from aiohttp import web
@@ -31,8 +31,8 @@ async def read_counts(store: Store, clock: Clock) -> Counts:
     return await asyncio.wait_for(store.counts(midnight(clock.now())), timeout=STORE_TIMEOUT)
 
 
-def monitoring_app(*, store: Store, clock: Clock,
-                   workers_running: Callable[[], bool]) -> web.Application:
+def monitoring_app(*, store: Store, clock: Clock, workers_running: Callable[[], bool],
+                   worker_metrics: Callable[[], Awaitable[bytes]]) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         checks: dict[str, str] = {"loop": "ok"}  # answering at all shows the event loop runs
         checks["workers"] = "ok" if workers_running() else "failed: a worker has stopped"
@@ -59,7 +59,8 @@ def monitoring_app(*, store: Store, clock: Clock,
         except Exception as error:  # still export the process's own counters
             log.warning("metrics: reading counts from the store failed: %s", error)
             STORE.counts = None
-        return web.Response(body=generate_latest(REGISTRY),
+        # Two expositions of disjoint families, one after the other, are one exposition.
+        return web.Response(body=generate_latest(REGISTRY) + await worker_metrics(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
