@@ -55,9 +55,9 @@ async def test_a_mail_that_raises_is_undone_alone_and_marked_failed(
     store, service, rows = await open_service(tmp_path)
     apply = TicketService._apply
 
-    async def apply_then_fail_on_the_second(self: TicketService, tx: Tx, row: InboxRow,
-                                            mail: ParsedMail) -> Outcome:
-        outcome = await apply(self, tx, row, mail)  # writes its ticket, message, outbox rows
+    def apply_then_fail_on_the_second(self: TicketService, tx: Tx, row: InboxRow,
+                                      mail: ParsedMail) -> Outcome:
+        outcome = apply(self, tx, row, mail)  # writes its ticket, message, outbox rows
         if row.id == rows[1].id:
             raise RuntimeError("a bug met by this mail only")
         return outcome

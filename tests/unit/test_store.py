@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supportd.store.sqlite import Store
-from supportd.tickets.model import Priority, Status, Ticket
+from supportd.store.sqlite import Store, Tx
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -38,12 +37,15 @@ async def test_concurrent_arrivals_are_all_committed_and_deduplicated(tmp_path: 
 
 async def test_a_failed_transaction_writes_nothing(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "s.sqlite3")
-    ticket = Ticket(1, "s", Status.NEW, Priority.NORMAL, "tier1", None, "a@x", None, NOW, NOW)
+
+    def write_then_fail(tx: Tx) -> None:
+        ticket = tx.create_ticket(subject="s", group="tier1", requester="a@x", account=None,
+                                  at=NOW)
+        tx.add_participant(ticket.id, "a@x", "requester")
+        raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError):
-        async with store.transaction() as tx:
-            await tx.save_ticket(ticket)
-            await tx.add_participant(1, "a@x", "requester")
-            raise RuntimeError("boom")
+        await store.write(write_then_fail)
     assert await store.ticket(1) is None
     assert await store.participants(1) == []
     await store.close()

@@ -1,14 +1,15 @@
-"""Store: every SQL statement of supportd, over one SQLite file in WAL mode (aiosqlite).
+"""Store: every SQL statement of supportd, over one SQLite file in WAL mode.
 
-SQLite has one writer. `accept` is group commit: inbox rows that arrive while a commit is in
-flight are written together in the next one, so concurrent SMTP sessions share one fsync
-(synchronous=FULL: a commit is on disk before `accept` returns). That commit runs as one
-call on a connection and thread of its own (lock, BEGIN, inserts, COMMIT), so it never
-holds the lock across event-loop turns; everything else writes through the aiosqlite
-connection, serialised by an asyncio lock. All writers, in this and other processes
-(`supportd replay`), take an flock on `<store>.lock` before BEGIN: the kernel wakes the next
-writer the moment it is released, where SQLite's busy handler polls with sleeps of up to
-100 ms.
+SQLite has one writer. Every write transaction is one call on the writer thread, over a
+plain sqlite3 connection of its own (`Store.write`: lock, BEGIN, the work as synchronous
+`Tx` statements, COMMIT), so a transaction is one thread hop however many statements it
+runs, and it never holds the lock across event-loop turns. `accept` is group commit: inbox
+rows that arrive while a commit is in flight are written together in the next one, so
+concurrent SMTP sessions share one fsync (synchronous=FULL: a commit is on disk before
+`accept` returns). All writers, in this and other processes (the worker, `supportd replay`),
+take an flock on `<store>.lock` before BEGIN: the kernel wakes the next writer the moment it
+is released, where SQLite's busy handler polls with sleeps of up to 100 ms. Reads that are
+not part of a write (the CLI, counts, the next batch of inbox rows) go through aiosqlite.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from supportd.tickets.model import Participant, Priority, Status, Ticket
+
+T = TypeVar("T")
 
 
 def timestamp(moment: datetime) -> str:
@@ -39,7 +42,8 @@ def timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    # fromisoformat reads the "Z" since Python 3.11, some 40 times faster than strptime.
+    return datetime.fromisoformat(text)
 
 
 @dataclass(frozen=True)
@@ -148,22 +152,24 @@ class _Arrival:
 
 
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000")
+# Read both inside write transactions (Tx) and outside them (Store, for the CLI).
+_TICKET = "SELECT * FROM tickets WHERE id = ?"
+_PARTICIPANTS = "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid"
 
 
 class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self._write_lock = asyncio.Lock()
-        self._writer_lock = _open_lock(path)
+        self._db = db  # reads
         self._arrivals: list[_Arrival] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._inbox_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._writer.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
-            self._inbox_db.execute(f"PRAGMA {pragma}")
-        self._inbox_lock = _open_lock(path)  # its own open file: flock excludes the other
-        self._inbox_thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="supportd-inbox")
-        self.lock_waits = 0  # write transactions that waited for another writer
+            self._writer.execute(f"PRAGMA {pragma}")
+        self._writer_lock = _open_lock(path)
+        self._writer_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="supportd-writer")
+        self.lock_waits = 0  # write transactions that waited for another process's writer
         self.lock_wait_seconds = 0.0
 
     @classmethod
@@ -181,10 +187,9 @@ class Store:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         await self._db.close()
-        self._inbox_thread.shutdown()
-        self._inbox_db.close()
+        self._writer_thread.shutdown()
+        self._writer.close()
         os.close(self._writer_lock)
-        os.close(self._inbox_lock)
 
     async def _migrate(self) -> None:
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
@@ -204,25 +209,31 @@ class Store:
                     f"INSERT INTO schema_version VALUES ({version});\nCOMMIT;"
                 )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One write transaction; commits on leaving, rolls back on an exception."""
-        async with self._write_lock:
-            await self._lock_writers()
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield Tx(self._db)
-                except BaseException:
-                    await self._db.rollback()
-                    raise
-                await self._db.commit()
-            finally:
-                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+    async def write(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` as one write transaction on the writer thread and return its result.
 
-    async def _lock_writers(self) -> None:
+        It commits when `work` returns and rolls back when it raises; the lock is held only
+        for this one call, never across event-loop turns.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer_thread, self._transaction, work)
+
+    def _transaction(self, work: Callable[[Tx], T]) -> T:
+        """In the writer thread: lock, BEGIN, the work, COMMIT, unlock."""
         if not _try_lock(self._writer_lock):
-            await asyncio.to_thread(self._wait_for_lock, self._writer_lock)
+            self._wait_for_lock(self._writer_lock)
+        db = self._writer
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(Tx(db))
+                db.commit()
+            except BaseException:
+                db.rollback()  # also after a failed COMMIT, which can leave it open
+                raise
+        finally:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+        return result
 
     def _wait_for_lock(self, fd: int) -> None:
         """Block until the writers' lock is ours, counting the wait (a thread, never the loop)."""
@@ -230,23 +241,6 @@ class Store:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self.lock_waits += 1
         self.lock_wait_seconds += time.perf_counter() - started
-
-    def _commit_arrivals(self, batch: list[_Arrival]) -> list[Accepted]:
-        """In the inbox thread: the whole group commit, so the lock is held only for it."""
-        if not _try_lock(self._inbox_lock):
-            self._wait_for_lock(self._inbox_lock)
-        db = self._inbox_db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                results = [_insert_inbox(db, a) for a in batch]
-            except BaseException:
-                db.rollback()
-                raise
-            db.commit()
-        finally:
-            fcntl.flock(self._inbox_lock, fcntl.LOCK_UN)
-        return results
 
     # -- intake ------------------------------------------------------------------------
 
@@ -267,8 +261,7 @@ class Store:
         while self._arrivals:
             batch, self._arrivals = self._arrivals, []
             try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._inbox_thread, self._commit_arrivals, batch)
+                results = await self.write(partial(Tx.insert_inbox, arrivals=batch))
             except Exception as error:
                 for arrival in batch:
                     if not arrival.done.done():
@@ -284,8 +277,10 @@ class Store:
 
     async def new_inbox_rows(self, limit: int, max_bytes: int) -> list[InboxRow]:
         """The oldest `new` rows, at most `limit` and about `max_bytes` of mail (at least one)."""
+        # "state != 'done'" lets SQLite use the partial index inbox_pending, which it cannot
+        # infer from "state = 'new'": without it every batch scans all the inbox kept so far.
         sizes = await self._all("SELECT id, length(raw) FROM inbox WHERE state = 'new' "
-                                "ORDER BY id LIMIT ?", (limit,))
+                                "AND state != 'done' ORDER BY id LIMIT ?", (limit,))
         ids: list[int] = []
         total = 0
         for inbox_id, size in sizes:
@@ -309,11 +304,10 @@ class Store:
         return ImapPosition(rows[0][0], rows[0][1]) if rows else None
 
     async def set_imap_position(self, mailbox: str, position: ImapPosition) -> None:
-        async with self.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO imap_positions (mailbox, uidvalidity, last_uid) VALUES (?, ?, ?) "
-                "ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
-                "last_uid = excluded.last_uid", (mailbox, position.uidvalidity, position.last_uid))
+        await self.write(lambda tx: tx.execute(
+            "INSERT INTO imap_positions (mailbox, uidvalidity, last_uid) VALUES (?, ?, ?) "
+            "ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
+            "last_uid = excluded.last_uid", (mailbox, position.uidvalidity, position.last_uid)))
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -343,18 +337,16 @@ class Store:
             next_mail_due=await self.next_mail_due())
 
     async def mark_sent(self, outbox_id: int, at: datetime) -> None:
-        async with self.transaction() as tx:
-            await tx.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_error = NULL WHERE id = ?", (timestamp(at), outbox_id))
+        await self.write(lambda tx: tx.execute(
+            "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+            "last_error = NULL WHERE id = ?", (timestamp(at), outbox_id)))
 
     async def mark_retry(self, outbox_id: int, error: str, next_at: datetime,
                          *, give_up: bool) -> None:
-        async with self.transaction() as tx:
-            await tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
-                "state = ? WHERE id = ?",
-                (error, timestamp(next_at), "failed" if give_up else "queued", outbox_id))
+        await self.write(lambda tx: tx.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+            "state = ? WHERE id = ?",
+            (error, timestamp(next_at), "failed" if give_up else "queued", outbox_id)))
 
     # -- reading, for the CLI ----------------------------------------------------------
 
@@ -372,10 +364,11 @@ class Store:
         return [_ticket(r) for r in rows]
 
     async def ticket(self, ticket_id: int) -> Ticket | None:
-        return await Tx(self._db).ticket(ticket_id)
+        rows = await self._all(_TICKET, (ticket_id,))
+        return _ticket(rows[0]) if rows else None
 
     async def participants(self, ticket_id: int) -> list[Participant]:
-        return await Tx(self._db).participants(ticket_id)
+        return [Participant(r[0], r[1]) for r in await self._all(_PARTICIPANTS, (ticket_id,))]
 
     async def messages(self, ticket_id: int) -> list[MessageRow]:
         rows = await self._all(
@@ -403,64 +396,92 @@ class Store:
 
 
 class Tx:
-    """The statements allowed inside one write transaction."""
+    """The statements allowed inside one write transaction (run on the writer thread)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    # Each statement is one hop to aiosqlite's thread (a cursor costs three: run, fetch, close).
-    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
-        row = await self._db.execute_insert(sql, args)
-        return row[0] if row else None
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        self._db.execute(sql, args)
 
-    async def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
-        rows = await self._db.execute_fetchall(sql, args)
-        return next(iter(rows), None)
+    def _insert(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Run an INSERT and return the new row's id."""
+        rowid = self._db.execute(sql, args).lastrowid
+        assert rowid is not None
+        return rowid
 
-    async def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        return list(await self._db.execute_fetchall(sql, args))
+    def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+        return row
 
-    async def inbox_states(self, inbox_ids: Iterable[int]) -> dict[int, str]:
+    def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        return self._db.execute(sql, args).fetchall()
+
+    def insert_inbox(self, arrivals: list[_Arrival]) -> list[Accepted]:
+        """Intake's group commit: each arrival's row, or the row already under its key."""
+        accepted = []
+        for a in arrivals:
+            row = self._one(
+                "INSERT INTO inbox (received_at, source, mail_from, rcpt_to, dedupe_key, raw) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                (a.at, a.source, a.mail_from, json.dumps(a.rcpt_to), a.key, a.raw))
+            if row is None:
+                row = self._one("SELECT id FROM inbox WHERE dedupe_key = ?", (a.key,))
+                assert row is not None  # the conflict above means the row exists
+                accepted.append(Accepted(row[0], duplicate=True))
+            else:
+                accepted.append(Accepted(row[0], duplicate=False))
+        return accepted
+
+    def inbox_states(self, inbox_ids: Iterable[int]) -> dict[int, str]:
         ids = tuple(inbox_ids)
-        rows = await self._all(
+        rows = self._all(
             f"SELECT id, state FROM inbox WHERE id IN ({','.join('?' * len(ids))})", ids)
         return {r[0]: r[1] for r in rows}
 
     # One savepoint per mail in a batch: a mail that raises is undone alone (SQLite SAVEPOINT).
-    async def savepoint(self) -> None:
-        await self._db.execute_fetchall("SAVEPOINT mail", ())
+    def savepoint(self) -> None:
+        self._db.execute("SAVEPOINT mail")
 
-    async def release_savepoint(self) -> None:
-        await self._db.execute_fetchall("RELEASE mail", ())
+    def release_savepoint(self) -> None:
+        self._db.execute("RELEASE mail")
 
-    async def rollback_to_savepoint(self) -> None:
-        await self._db.execute_fetchall("ROLLBACK TO mail", ())
-        await self._db.execute_fetchall("RELEASE mail", ())
+    def rollback_to_savepoint(self) -> None:
+        self._db.execute("ROLLBACK TO mail")
+        self._db.execute("RELEASE mail")
 
-    async def mark_inbox_failed(self, inbox_id: int, error: str) -> None:
-        await self.execute(
+    def mark_inbox_failed(self, inbox_id: int, error: str) -> None:
+        self.execute(
             "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
             "WHERE id = ?", (error, inbox_id))
 
-    async def mark_inbox_done(self, inbox_id: int, ticket_id: int) -> None:
-        await self.execute(
+    def mark_inbox_done(self, inbox_id: int, ticket_id: int) -> None:
+        self.execute(
             "UPDATE inbox SET state = 'done', error = NULL, ticket_id = ?, "
             "attempts = attempts + 1 WHERE id = ?", (ticket_id, inbox_id))
 
-    async def requeue_inbox(self, inbox_id: int) -> None:
-        await self.execute("UPDATE inbox SET state = 'new' WHERE id = ?", (inbox_id,))
+    def requeue_inbox(self, inbox_id: int) -> None:
+        self.execute("UPDATE inbox SET state = 'new' WHERE id = ?", (inbox_id,))
 
-    async def ticket(self, ticket_id: int) -> Ticket | None:
-        row = await self._one("SELECT * FROM tickets WHERE id = ?", (ticket_id,))
+    def ticket(self, ticket_id: int) -> Ticket | None:
+        row = self._one(_TICKET, (ticket_id,))
         return _ticket(row) if row else None
 
-    async def next_ticket_id(self) -> int:
-        row = await self._one("SELECT coalesce(max(id), 0) + 1 FROM tickets", ())
-        assert row is not None
-        return int(row[0])
+    def create_ticket(
+        self, *, subject: str, group: str, requester: str, account: str | None, at: datetime,
+    ) -> Ticket:
+        """A new ticket, New and of normal priority; SQLite numbers it max(id) + 1."""
+        ticket_id = self._insert(
+            "INSERT INTO tickets (subject, status, priority, group_name, requester, account, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (subject, Status.NEW.value, Priority.NORMAL.value, group, requester, account,
+             timestamp(at), timestamp(at)))
+        return Ticket(id=ticket_id, subject=subject, status=Status.NEW, priority=Priority.NORMAL,
+                      group=group, assignee=None, requester=requester, account=account,
+                      created_at=at, updated_at=at)
 
-    async def save_ticket(self, t: Ticket) -> None:
-        await self.execute(
+    def save_ticket(self, t: Ticket) -> None:
+        self.execute(
             "INSERT INTO tickets (id, subject, status, priority, group_name, assignee, requester, "
             "account, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, status = excluded.status, "
@@ -469,74 +490,69 @@ class Tx:
             (t.id, t.subject, t.status.value, t.priority.value, t.group, t.assignee, t.requester,
              t.account, timestamp(t.created_at), timestamp(t.updated_at)))
 
-    async def participants(self, ticket_id: int) -> list[Participant]:
-        rows = await self._all(
-            "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid",
-            (ticket_id,))
-        return [Participant(r[0], r[1]) for r in rows]
+    def participants(self, ticket_id: int) -> list[Participant]:
+        return [Participant(r[0], r[1]) for r in self._all(_PARTICIPANTS, (ticket_id,))]
 
-    async def add_participant(self, ticket_id: int, email: str, role: str) -> None:
-        await self.execute(
+    def add_participant(self, ticket_id: int, email: str, role: str) -> None:
+        self.execute(
             "INSERT INTO participants (ticket_id, email, role) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING", (ticket_id, email, role))
 
-    async def tickets_for_message_ids(self, message_ids: Iterable[str]) -> dict[str, int]:
+    def tickets_for_message_ids(self, message_ids: Iterable[str]) -> dict[str, int]:
         ids = list(message_ids)[:200]  # a References header can be absurdly long
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        rows = await self._all(
+        rows = self._all(
             f"SELECT message_id, ticket_id FROM message_ids WHERE message_id IN ({marks})",
             tuple(ids))
         return {r[0]: r[1] for r in rows}
 
-    async def thread_message_ids(self, ticket_id: int) -> list[str]:
+    def thread_message_ids(self, ticket_id: int) -> list[str]:
         """The ticket's Message-IDs, oldest first: the References of mail we send on it."""
-        rows = await self._all(
+        rows = self._all(
             "SELECT message_id FROM message_ids WHERE ticket_id = ? ORDER BY rowid", (ticket_id,))
         return [r[0] for r in rows]
 
-    async def remember_message_id(self, message_id: str, ticket_id: int) -> None:
-        await self.execute(
+    def remember_message_id(self, message_id: str, ticket_id: int) -> None:
+        self.execute(
             "INSERT INTO message_ids (message_id, ticket_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (message_id, ticket_id))
 
-    async def add_message(
+    def add_message(
         self, *, ticket_id: int, inbox_id: int | None, kind: str, author: str, subject: str,
         body: str, at: datetime, attachments: Iterable[tuple[str, str, int, str]] = (),
     ) -> int:
-        message_id = await self.execute(
+        message_id = self._insert(
             "INSERT INTO messages (ticket_id, inbox_id, kind, author, subject, body, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (ticket_id, inbox_id, kind, author, subject, body, timestamp(at)))
-        assert message_id is not None
         for filename, content_type, size, sha256 in attachments:
-            await self.execute(
+            self.execute(
                 "INSERT INTO attachments (message_id, filename, content_type, size, sha256) "
                 "VALUES (?, ?, ?, ?, ?)", (message_id, filename, content_type, size, sha256))
         return message_id
 
-    async def add_event(self, ticket_id: int, at: datetime, actor: str, kind: str,
-                        detail: str) -> None:
-        await self.execute(
+    def add_event(self, ticket_id: int, at: datetime, actor: str, kind: str, detail: str) -> None:
+        self.execute(
             "INSERT INTO events (ticket_id, at, actor, kind, detail) VALUES (?, ?, ?, ?, ?)",
             (ticket_id, timestamp(at), actor, kind, detail))
 
-    async def automatic_mails_since(self, rcpt_to: str, since: datetime) -> int:
-        row = await self._one(
+    def automatic_mails_since(self, rcpt_to: str, since: datetime) -> int:
+        row = self._one(
             "SELECT count(*) FROM outbox WHERE automatic = 1 AND rcpt_to = ? AND created_at >= ?",
             (rcpt_to, timestamp(since)))
         return int(row[0]) if row else 0
 
-    async def incoming_mails_since(self, ticket_id: int, since: datetime) -> int:
+    def incoming_mails_since(self, ticket_id: int, since: datetime) -> int:
         """Mails received into this ticket since `since` (its messages that came from intake)."""
-        row = await self._one(
+        row = self._one(
             "SELECT count(*) FROM messages WHERE ticket_id = ? AND inbox_id IS NOT NULL "
             "AND created_at >= ?", (ticket_id, timestamp(since)))
         return int(row[0]) if row else 0
 
-    async def queue_mail(self, mail: QueuedMail, at: datetime) -> None:
-        await self.execute(
+    def queue_mail(self, mail: QueuedMail, at: datetime) -> None:
+        self.execute(
             "INSERT INTO outbox (ticket_id, created_at, kind, automatic, mail_from, rcpt_to, "
             "message_id, raw, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mail.ticket_id, timestamp(at), mail.kind, int(mail.automatic), mail.mail_from,
@@ -553,18 +569,6 @@ def _try_lock(fd: int) -> bool:
 
 def _open_lock(path: Path) -> int:
     return os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def _insert_inbox(db: sqlite3.Connection, a: _Arrival) -> Accepted:
-    row = db.execute(
-        "INSERT INTO inbox (received_at, source, mail_from, rcpt_to, dedupe_key, raw) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        (a.at, a.source, a.mail_from, json.dumps(a.rcpt_to), a.key, a.raw)).fetchone()
-    if row is not None:
-        return Accepted(row[0], duplicate=False)
-    existing = db.execute("SELECT id FROM inbox WHERE dedupe_key = ?", (a.key,)).fetchone()
-    assert existing is not None  # the conflict above means the row exists
-    return Accepted(existing[0], duplicate=True)
 
 
 def _ticket(r: sqlite3.Row) -> Ticket:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from supportd.clock import Clock
@@ -46,7 +47,7 @@ from supportd.tickets.lifecycle import (
     after_customer_reply,
     check_move,
 )
-from supportd.tickets.model import Priority, Status, Ticket
+from supportd.tickets.model import Status, Ticket
 
 log = logging.getLogger("supportd.tickets")
 
@@ -90,6 +91,11 @@ class TicketService:
     def __init__(self, config: Config, store: Store, clock: Clock, renderer: Renderer) -> None:
         self.config, self.store, self.clock, self.renderer = config, store, clock, renderer
         self.agent_names = {a.email: a.name for a in config.agents}
+        self.support_addresses = frozenset(config.support.addresses)
+        tag = rf"\[{re.escape(config.support.subject_prefix)} #\d+\]"
+        # Reply prefixes and our own tag, as many as there are, at the start of a subject.
+        self._subject_prefixes = re.compile(
+            rf"^(\s*((re|fw|fwd|aw|sv|antw)\s*:|{tag})\s*)+", re.IGNORECASE)
 
     async def process(self, inbox_id: int) -> Outcome:
         """Process one inbox row; a failure marks it failed with the error, raw mail kept."""
@@ -102,19 +108,11 @@ class TicketService:
                             budget: float = float("inf")) -> list[Outcome]:
         """Process inbox rows in one transaction (one fsync for all), each in its own savepoint:
         a mail that raises is rolled back alone and marked failed, raw mail kept. Stops after
-        `budget` seconds (other writers wait that long): the outcomes of the first rows only."""
-        outcomes: list[Outcome] = []
+        `budget` seconds (other writers wait that long): the outcomes of the first rows only.
+        The whole batch is one call on the store's writer thread, not a hop per statement."""
         try:
-            async with self.store.transaction() as tx:
-                deadline = time.perf_counter() + budget
-                states = await tx.inbox_states(row.id for row in rows)
-                for row in rows:
-                    if outcomes and time.perf_counter() > deadline:
-                        break
-                    if states.get(row.id) == "done":
-                        outcomes.append(Outcome(row.id, row.ticket_id, "already processed"))
-                        continue
-                    outcomes.append(await self._process_one(tx, row))
+            outcomes = await self.store.write(partial(self._process_rows, rows=rows,
+                                                      budget=budget))
         except Exception as error:
             if not store_unavailable(error):
                 raise
@@ -129,23 +127,37 @@ class TicketService:
                          outcome.summary)
         return outcomes
 
-    async def _process_one(self, tx: Tx, row: InboxRow) -> Outcome:
-        await tx.savepoint()
+    def _process_rows(self, tx: Tx, *, rows: Sequence[InboxRow],
+                      budget: float) -> list[Outcome]:
+        deadline = time.perf_counter() + budget
+        states = tx.inbox_states(row.id for row in rows)
+        outcomes: list[Outcome] = []
+        for row in rows:
+            if outcomes and time.perf_counter() > deadline:
+                break
+            if states.get(row.id) == "done":
+                outcomes.append(Outcome(row.id, row.ticket_id, "already processed"))
+                continue
+            outcomes.append(self._process_one(tx, row))
+        return outcomes
+
+    def _process_one(self, tx: Tx, row: InboxRow) -> Outcome:
+        tx.savepoint()
         try:
-            outcome = await self._apply(tx, row, parse_mail(row.raw))
-            await tx.mark_inbox_done(row.id, outcome.ticket_id or 0)
+            outcome = self._apply(tx, row, parse_mail(row.raw))
+            tx.mark_inbox_done(row.id, outcome.ticket_id or 0)
         except Exception as error:
             if store_unavailable(error):
                 raise  # SQLite may have rolled back the whole transaction: retry the batch
-            await tx.rollback_to_savepoint()
+            tx.rollback_to_savepoint()
             message = f"{type(error).__name__}: {error}"
             log.exception("inbox=%d processing failed: %s", row.id, message)
-            await tx.mark_inbox_failed(row.id, message)
+            tx.mark_inbox_failed(row.id, message)
             return Outcome(row.id, None, f"failed: {message}", failed=True)
-        await tx.release_savepoint()
+        tx.release_savepoint()
         return outcome
 
-    async def _apply(self, tx: Tx, row: InboxRow, mail: ParsedMail) -> Outcome:
+    def _apply(self, tx: Tx, row: InboxRow, mail: ParsedMail) -> Outcome:
         now = self.clock.now()
         sender = mail.from_addr.email if mail.from_addr else (row.mail_from or "")
         token = self._token(row, mail)
@@ -159,10 +171,10 @@ class TicketService:
         answer_to = next((a.email for a in mail.reply_to if not self._is_ours(a.email)), sender)
         decision = classify(
             mail, envelope_sender=row.mail_from,
-            own_addresses=frozenset(self.config.support.addresses),
+            own_addresses=self.support_addresses,
             # An agent's own mail is never rate-limited: a typo reply answers a person's
             # deliberate act, and robots among agents are caught by the per-ticket limit.
-            auto_mails_last_hour=0 if proven else await tx.automatic_mails_since(
+            auto_mails_last_hour=0 if proven else tx.automatic_mails_since(
                 answer_to, now - timedelta(hours=1)),
             auto_mail_limit=self.config.support.auto_mail_limit,
         )
@@ -170,13 +182,13 @@ class TicketService:
             decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
         incoming = _Incoming(row, mail, sender, answer_to, token, proven,
                              agent_address and not proven, decision)
-        ticket_id = await self._thread(tx, incoming)
-        ticket = await tx.ticket(ticket_id) if ticket_id is not None else None
+        ticket_id = self._thread(tx, incoming)
+        ticket = tx.ticket(ticket_id) if ticket_id is not None else None
         if ticket is not None and ticket.status == Status.CLOSED:
-            return await self._new_ticket(tx, incoming, follow_up_of=ticket.id)
+            return self._new_ticket(tx, incoming, follow_up_of=ticket.id)
         if ticket is None:
-            return await self._new_ticket(tx, incoming, follow_up_of=None)
-        recent = await tx.incoming_mails_since(ticket.id, now - timedelta(hours=1))
+            return self._new_ticket(tx, incoming, follow_up_of=None)
+        recent = tx.incoming_mails_since(ticket.id, now - timedelta(hours=1))
         if incoming.decision.answerable and recent >= TICKET_MAIL_LIMIT:
             # Two autoresponders without RFC 3834 headers (customer's and agent's) would
             # otherwise ping-pong relays and notifications through this ticket forever.
@@ -184,70 +196,66 @@ class TicketService:
                 False, "ticket_loop", f"{recent} mails into this ticket in the last hour "
                 f"(limit {TICKET_MAIL_LIMIT}): a mail loop is likely"))
         if incoming.is_agent and incoming.decision.answerable:
-            return await self._agent_mail(tx, incoming, ticket)
+            return self._agent_mail(tx, incoming, ticket)
         # Automatic mail from an agent (an out-of-office) is stored, never run or relayed.
-        return await self._customer_reply(tx, incoming, ticket)
+        return self._customer_reply(tx, incoming, ticket)
 
     def _token(self, row: InboxRow, mail: ParsedMail) -> TokenMatch | None:
         # The envelope is what we were sent to; the headers matter where there is none (IMAP).
         addresses = [*row.rcpt_to, *(a.email for a in (*mail.to, *mail.cc))]
-        support = frozenset(self.config.support.addresses)
-        matches = (token_for_address(address, support, self.config.support.hmac_key,
+        matches = (token_for_address(address, self.support_addresses,
+                                     self.config.support.hmac_key,
                                      self.config.agent_by_email) for address in addresses)
         return next(filter(None, matches), None)
 
-    async def _thread(self, tx: Tx, incoming: _Incoming) -> int | None:
+    def _thread(self, tx: Tx, incoming: _Incoming) -> int | None:
         mail = incoming.mail
-        by_id = await tx.tickets_for_message_ids((*mail.in_reply_to, *mail.references))
+        by_id = tx.tickets_for_message_ids((*mail.in_reply_to, *mail.references))
         tagged = subject_tag(mail.subject, self.config.support.subject_prefix)
         people: frozenset[str] = frozenset()
-        if tagged is not None and (t := await tx.ticket(tagged)) is not None:
+        if tagged is not None and (t := tx.ticket(tagged)) is not None:
             people = frozenset(
-                {p.email for p in await tx.participants(tagged)} | set(self.agent_names)
+                {p.email for p in tx.participants(tagged)} | set(self.agent_names)
                 | {t.requester})
         facts = ThreadFacts(
             token_ticket=incoming.token.ticket_id if incoming.token else None,
             tickets_by_message_id=by_id, tagged_ticket_people=people,
         )
         result = thread_message(mail, incoming.sender, facts, self.config.support.subject_prefix)
-        if result.ticket_id is not None and await tx.ticket(result.ticket_id) is None:
+        if result.ticket_id is not None and tx.ticket(result.ticket_id) is None:
             return None  # a valid token for a ticket that is gone: start afresh
         return result.ticket_id
 
     # -- the three kinds of mail ---------------------------------------------------------
 
-    async def _new_ticket(self, tx: Tx, incoming: _Incoming, *,
-                          follow_up_of: int | None) -> Outcome:
+    def _new_ticket(self, tx: Tx, incoming: _Incoming, *,
+                    follow_up_of: int | None) -> Outcome:
         now, mail, sender = self.clock.now(), incoming.mail, incoming.sender
         requester = incoming.answer_to
-        ticket = Ticket(
-            id=await tx.next_ticket_id(), subject=self._clean_subject(mail.subject),
-            status=Status.NEW, priority=Priority.NORMAL, group=self.config.support.default_group,
-            assignee=None, requester=requester, account=self.config.account_for(requester),
-            created_at=now, updated_at=now,
-        )
-        await tx.save_ticket(ticket)
-        await tx.add_participant(ticket.id, requester, "requester")
+        ticket = tx.create_ticket(
+            subject=self._clean_subject(mail.subject), group=self.config.support.default_group,
+            requester=requester, account=self.config.account_for(requester), at=now)
+        tx.add_participant(ticket.id, requester, "requester")
         for cc in self._cc_addresses(mail, requester):
-            await tx.add_participant(ticket.id, cc, "cc")
+            tx.add_participant(ticket.id, cc, "cc")
         how = f"follow-up of closed ticket #{follow_up_of}" if follow_up_of else "new mail"
-        await tx.add_event(ticket.id, now, sender, "created", f"ticket created from {how} "
-                           f"(inbox {incoming.row.id}, {incoming.row.source})")
-        await self._store_message(tx, incoming, ticket, body=mail.text)
+        tx.add_event(ticket.id, now, sender, "created", f"ticket created from {how} "
+                     f"(inbox {incoming.row.id}, {incoming.row.source})")
+        self._store_message(tx, incoming, ticket, body=mail.text)
         if not incoming.decision.answerable:
             return Outcome(incoming.row.id, ticket.id,
                            f"new ticket, not answered: {incoming.decision.reason}")
-        await self._queue(tx, ticket, "acknowledgement", to=requester, automatic=True,
-                          auto_submitted="auto-replied", answering=mail)
-        notice = await self._notify_agents(tx, ticket, "new_ticket", incoming, body=mail.text)
+        self._queue(tx, ticket, "acknowledgement", to=requester, automatic=True,
+                    auto_submitted="auto-replied", answering=mail)
+        notice = self._notify_agents(tx, ticket, "new_ticket", incoming, body=mail.text)
         return Outcome(incoming.row.id, ticket.id,
                        f"new ticket from {sender}, acknowledged, {notice}")
 
-    async def _customer_reply(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
+    def _customer_reply(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
         now, sender = self.clock.now(), incoming.sender
-        participants = {p.email for p in await tx.participants(ticket.id)}
+        participants = {p.email for p in tx.participants(ticket.id)}
         body = strip_quoted_reply(incoming.mail.text)
-        await self._store_message(tx, incoming, ticket, body=body)
+        self._store_message(tx, incoming, ticket, body=body)
         if not incoming.decision.answerable:
             return Outcome(incoming.row.id, ticket.id,
                            f"added, not answered: {incoming.decision.reason}")
@@ -255,29 +263,29 @@ class TicketService:
             return Outcome(incoming.row.id, ticket.id,
                            "unauthenticated mail from an agent address stored; nothing changed")
         if sender not in participants:
-            await tx.add_participant(ticket.id, sender, "cc")
-            await tx.add_event(ticket.id, now, sender, "participant", f"{sender} joined as cc")
+            tx.add_participant(ticket.id, sender, "cc")
+            tx.add_event(ticket.id, now, sender, "participant", f"{sender} joined as cc")
         status = after_customer_reply(ticket.status)
         if status != ticket.status:
-            await tx.add_event(ticket.id, now, sender, "status",
-                               f"{ticket.status} -> {status} (customer replied)")
+            tx.add_event(ticket.id, now, sender, "status",
+                         f"{ticket.status} -> {status} (customer replied)")
             ticket = replace(ticket, status=status)
         ticket = replace(ticket, updated_at=now)
-        await tx.save_ticket(ticket)
-        notice = await self._notify_agents(tx, ticket, "customer_reply", incoming, body=body)
+        tx.save_ticket(ticket)
+        notice = self._notify_agents(tx, ticket, "customer_reply", incoming, body=body)
         return Outcome(incoming.row.id, ticket.id, f"reply from {sender}, {notice}")
 
-    async def _agent_mail(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
+    def _agent_mail(self, tx: Tx, incoming: _Incoming, ticket: Ticket) -> Outcome:
         now, agent = self.clock.now(), incoming.sender
         parsed = parse_commands(incoming.mail.text, sender=agent, agents=self.agent_names,
                                 groups=frozenset(g.name for g in self.config.groups))
         changed, errors = self._command_changes(ticket, parsed)
         if errors:
-            await tx.add_event(ticket.id, now, agent, "commands refused",
-                               "; ".join(str(e) for e in errors))
-            await self._queue(tx, ticket, "command_error", to=agent, automatic=True,
-                              auto_submitted="auto-replied", answering=incoming.mail,
-                              extra={"errors": errors})
+            tx.add_event(ticket.id, now, agent, "commands refused",
+                         "; ".join(str(e) for e in errors))
+            self._queue(tx, ticket, "command_error", to=agent, automatic=True,
+                        auto_submitted="auto-replied", answering=incoming.mail,
+                        extra={"errors": errors})
             return Outcome(incoming.row.id, ticket.id,
                            f"agent {agent}: {len(errors)} command error(s), nothing applied")
         body = strip_quoted_reply(parsed.body)
@@ -287,31 +295,31 @@ class TicketService:
                 changed = replace(changed, status=after_agent_reply(changed.status))
             if changed.assignee is None:
                 changed = replace(changed, assignee=agent)
-        await self._store_message(tx, incoming, ticket, body=body,
-                                  kind="agent" if public else "note")
+        self._store_message(tx, incoming, ticket, body=body,
+                            kind="agent" if public else "note")
         for event in _differences(ticket, changed):
-            await tx.add_event(ticket.id, now, agent, *event)
+            tx.add_event(ticket.id, now, agent, *event)
         changed = replace(changed, updated_at=now)
-        await tx.save_ticket(changed)
+        tx.save_ticket(changed)
         notice = None
         # New -> Open is our bookkeeping; the customer hears of moves that concern them.
         if changed.status != ticket.status and (ticket.status, changed.status) != (
                 Status.NEW, Status.OPEN):
             notice = STATUS_NOTICES.get(changed.status)
-        requester_and_cc = [p.email for p in await tx.participants(ticket.id)
+        requester_and_cc = [p.email for p in tx.participants(ticket.id)
                             if is_mailbox(p.email)]
         if public:
             for to in requester_and_cc:
-                await self._queue(tx, changed, "relay", to=to, automatic=False,
-                                  auto_submitted=None, answering=None,
-                                  from_name=f"{self.agent_names[agent]} via "
-                                            f"{self.config.support.name}",
-                                  extra={"body": body, "status_notice": notice})
+                self._queue(tx, changed, "relay", to=to, automatic=False,
+                            auto_submitted=None, answering=None,
+                            from_name=f"{self.agent_names[agent]} via "
+                                      f"{self.config.support.name}",
+                            extra={"body": body, "status_notice": notice})
         elif notice and changed.status in (Status.PENDING, Status.SOLVED):
             for to in requester_and_cc:
-                await self._queue(tx, changed, "status_changed", to=to, automatic=True,
-                                  auto_submitted="auto-generated", answering=None,
-                                  extra={"status_notice": notice})
+                self._queue(tx, changed, "status_changed", to=to, automatic=True,
+                            auto_submitted="auto-generated", answering=None,
+                            extra={"status_notice": notice})
         what = "relayed to the customer" if public else "internal note" if body else "no text"
         return Outcome(incoming.row.id, ticket.id,
                        f"agent {agent}: {len(parsed.commands)} command(s), {what}")
@@ -338,44 +346,44 @@ class TicketService:
 
     # -- effects -------------------------------------------------------------------------
 
-    async def _store_message(self, tx: Tx, incoming: _Incoming, ticket: Ticket, *, body: str,
-                             kind: str | None = None) -> None:
+    def _store_message(self, tx: Tx, incoming: _Incoming, ticket: Ticket, *, body: str,
+                       kind: str | None = None) -> None:
         now, mail = self.clock.now(), incoming.mail
         if kind is None:
             kind = "customer" if incoming.decision.answerable else "machine"
-        await tx.add_message(
+        tx.add_message(
             ticket_id=ticket.id, inbox_id=incoming.row.id, kind=kind, author=incoming.sender,
             subject=mail.subject, body=body, at=now,
             attachments=[(a.filename, a.content_type, a.size, a.sha256)
                          for a in mail.attachments])
         if mail.message_id:
-            await tx.remember_message_id(mail.message_id, ticket.id)
+            tx.remember_message_id(mail.message_id, ticket.id)
         if not incoming.decision.answerable:
-            await tx.add_event(ticket.id, now, "supportd", "not answered",
-                               f"{incoming.decision.check}: {incoming.decision.reason}")
+            tx.add_event(ticket.id, now, "supportd", "not answered",
+                         f"{incoming.decision.check}: {incoming.decision.reason}")
         if incoming.unauthenticated_agent:
-            await tx.add_event(ticket.id, now, "supportd", "unauthenticated",
-                               f"mail from agent address {incoming.sender} is not authenticated "
-                               "(no agent reply token, no trusted DKIM/DMARC pass): handled as "
-                               "customer mail, commands not run")
+            tx.add_event(ticket.id, now, "supportd", "unauthenticated",
+                         f"mail from agent address {incoming.sender} is not authenticated "
+                         "(no agent reply token, no trusted DKIM/DMARC pass): handled as "
+                         "customer mail, commands not run")
 
-    async def _notify_agents(self, tx: Tx, ticket: Ticket, kind: str, incoming: _Incoming,
-                             *, body: str) -> str:
+    def _notify_agents(self, tx: Tx, ticket: Ticket, kind: str, incoming: _Incoming,
+                       *, body: str) -> str:
         if ticket.assignee and ticket.assignee in self.agent_names:
             agents = [ticket.assignee]
         else:
             agents = [a.email for a in self.config.agents_in(ticket.group)]
         for agent in agents:
-            await self._queue(tx, ticket, kind, to=agent, automatic=False,
-                              auto_submitted="auto-generated", answering=incoming.mail,
-                              agent=agent, extra={
-                                  "author": incoming.sender, "body": body,
-                                  "attachments": [f"{a.filename or '(no name)'} "
-                                                  f"({a.content_type}, {a.size} bytes)"
-                                                  for a in incoming.mail.attachments]})
+            self._queue(tx, ticket, kind, to=agent, automatic=False,
+                        auto_submitted="auto-generated", answering=incoming.mail,
+                        agent=agent, extra={
+                            "author": incoming.sender, "body": body,
+                            "attachments": [f"{a.filename or '(no name)'} "
+                                            f"({a.content_type}, {a.size} bytes)"
+                                            for a in incoming.mail.attachments]})
         return f"{len(agents)} agent(s) notified" if agents else "no agent in the group to notify"
 
-    async def _queue(
+    def _queue(
         self, tx: Tx, ticket: Ticket, kind: str, *, to: str, automatic: bool,
         auto_submitted: str | None, answering: ParsedMail | None, agent: str | None = None,
         from_name: str | None = None, extra: dict[str, Any] | None = None,
@@ -395,7 +403,7 @@ class TicketService:
             in_reply_to = answering.message_id
             references = (*answering.references[-10:], *filter(None, [in_reply_to]))
         else:  # not an answer to one mail: thread under the ticket's first and latest mails
-            known = await tx.thread_message_ids(ticket.id)
+            known = tx.thread_message_ids(ticket.id)
             in_reply_to = known[-1] if known else None
             references = tuple(dict.fromkeys(known[:1] + known[-9:]))
         raw = compose_mail(
@@ -409,19 +417,16 @@ class TicketService:
             ),
             self.renderer.render(kind, context),
         )
-        await tx.queue_mail(QueuedMail(ticket.id, kind, automatic, address, to, message_id, raw),
-                            now)
-        await tx.remember_message_id(message_id, ticket.id)
+        tx.queue_mail(QueuedMail(ticket.id, kind, automatic, address, to, message_id, raw), now)
+        tx.remember_message_id(message_id, ticket.id)
 
     def _clean_subject(self, subject: str) -> str:
         """The ticket's subject: reply prefixes and our own tag taken off."""
-        tag = rf"\[{re.escape(self.config.support.subject_prefix)} #\d+\]"
-        cleaned = re.sub(rf"^(\s*((re|fw|fwd|aw|sv|antw)\s*:|{tag})\s*)+", "", subject,
-                         flags=re.IGNORECASE)
+        cleaned = self._subject_prefixes.sub("", subject)
         return cleaned.strip()[:200] or "(no subject)"
 
     def _is_ours(self, address: str) -> bool:
-        support = frozenset(self.config.support.addresses)
+        support = self.support_addresses
         return address in support or token_in_address(address, support) is not None
 
     def _cc_addresses(self, mail: ParsedMail, requester: str) -> list[str]:
