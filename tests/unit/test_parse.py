@@ -9,10 +9,11 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supportd.mail.parse import ParsedMail, dedupe_key, parse_mail
+from supportd.mail.parse import ParsedMail, dedupe_key, is_mailbox, parse_mail
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -249,6 +250,26 @@ def test_invalid_address_is_skipped_with_a_defect() -> None:
     parsed = parse_mail(_mail("To: not-an-address, ok@example.com"))
     assert [a.email for a in parsed.to] == ["ok@example.com"]
     assert any("not-an-address" in note for note in parsed.defects)
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("carol@customer.example", True),
+    ("Carol.O'Neil+tag@Sub.Customer-Example.COM", True),
+    ("carol@[192.0.2.1]", True),
+    ("carol@bücher.example", True),
+    ('"carol smith"@example.com', False),  # the stdlib writes it back differently
+    ("=?utf-8?q?x?=@example.com", False),  # read as an encoded word, not as written
+    ("a..b@example.com", False),
+    (".a@example.com", False),
+    ("carol smith@example.com", False),
+    ("<carol>@example.com", False),
+    ("carol@-bad.example", False),
+    ("carol@", False),
+    ("@example.com", False),
+])
+def test_is_mailbox_takes_only_addresses_a_reply_can_be_written_to(
+        address: str, expected: bool) -> None:
+    assert is_mailbox(address) is expected
 
 
 def test_date_is_timezone_aware() -> None:

@@ -8,6 +8,7 @@ Written by hand: no maintained library does RFC 3834 loop safety over a parsed m
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ _LIST_HEADERS = (
     "mailing-list",
 )
 _NO_REPLY_LOCAL_PART = re.compile(r"^(no|do[-_.]?not)[-_.]?reply\b", re.IGNORECASE)
+_CACHED_CONTENT_TYPE_LENGTH = 500  # characters; longer Content-Type values are parsed afresh
 
 
 def classify(
@@ -304,8 +306,17 @@ def _first_token(value: str) -> str:
 
 def _content_type(mail: ParsedMail) -> tuple[str, str]:
     """The top-level media type and its report-type parameter, both lower-case."""
+    value = mail.header("content-type") or "text/plain"
+    # Three checks ask, twice each: remembered, but a hostile huge value is not kept.
+    if len(value) > _CACHED_CONTENT_TYPE_LENGTH:
+        return _parse_content_type.__wrapped__(value)
+    return _parse_content_type(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_content_type(value: str) -> tuple[str, str]:
     message = Message()
-    message["Content-Type"] = mail.header("content-type") or "text/plain"
+    message["Content-Type"] = value
     report_type = message.get_param("report-type")
     if report_type is None:
         return message.get_content_type(), ""

@@ -91,6 +91,7 @@ _OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _HTML_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
 _MESSAGE_ID_LINE = re.compile(r"(?im)^message-id[ \t]*:(.*)$")
+_SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # raw 8-bit bytes, as the parser keeps them
 _UNLABELLED_CHARSETS = frozenset({"us-ascii", "ascii", "us_ascii", "ansi_x3.4-1968"})
 
 
@@ -210,7 +211,7 @@ def _normalise_line_endings(data: bytes) -> bytes:
 
 def _from_8bit(value: str) -> str:
     """Recover raw 8-bit text the bytes parser smuggled through as surrogate escapes."""
-    if not any("\udc80" <= char <= "\udcff" for char in value):
+    if value.isascii() or not _SURROGATE_ESCAPES.search(value):
         return value
     return _decode_unlabelled(value.encode("utf-8", "surrogateescape"))
 
@@ -316,14 +317,20 @@ def _addresses(root: _MimePart, name: str, defects: list[str]) -> tuple[Address,
 
 
 _DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]*[^\W_])?\.)*[^\W_](?:[\w-]*[^\W_])?|\[[^\[\]\s]+\]")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")  # RFC 5322 §3.2.3, ASCII
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+")  # ASCII and no domain literal: _DOMAIN did the rest
 
 
 def is_mailbox(email: str) -> bool:
     """An address we could write back to: RFC 5321 §4.1.2 shape, and one that the stdlib's
     header parser (which composes our replies) reads without failing."""
     local, at, domain = email.rpartition("@")
-    if not (at and local and _DOMAIN.fullmatch(domain)) or any(
-            c.isspace() or c in "<>" or not c.isprintable() for c in email):
+    if not (at and local and _DOMAIN.fullmatch(domain)):
+        return False
+    if _DOT_ATOM.fullmatch(local) and "=?" not in local and _HOST_NAME.fullmatch(domain):
+        return True  # the common case, which that parser reads back unchanged (and slowly)
+    if any(c.isspace() or c in "<>" or not c.isprintable() for c in email):
         return False
     try:
         return HeaderAddress(addr_spec=email).addr_spec == email

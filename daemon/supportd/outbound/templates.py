@@ -20,16 +20,18 @@ class Renderer:
 
     StrictUndefined: a template naming a value the code does not give fails loudly in tests
     instead of mailing a customer a blank. HTML is autoescaped: customer text is never markup.
+    Templates are read once (no auto_reload, which costs a stat per render): a new Renderer,
+    made on SIGHUP, reads them again.
     """
 
     def __init__(self, folder: Path) -> None:
         loader = jinja2.FileSystemLoader(folder)
         self._text = jinja2.Environment(
             loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
-            keep_trailing_newline=True,
+            keep_trailing_newline=True, auto_reload=False,
         )
         self._html = jinja2.Environment(
-            loader=loader, undefined=jinja2.StrictUndefined, autoescape=True,
+            loader=loader, undefined=jinja2.StrictUndefined, autoescape=True, auto_reload=False,
         )
 
     def render(self, kind: str, context: dict[str, Any]) -> Rendered:
