@@ -6,7 +6,8 @@ plain sqlite3 connection of its own (`Store.write`: lock, BEGIN, the work as syn
 runs, and it never holds the lock across event-loop turns. `accept` is group commit: inbox
 rows that arrive while a commit is in flight are written together in the next one, so
 concurrent SMTP sessions share one fsync (synchronous=FULL: a commit is on disk before
-`accept` returns). All writers, in this and other processes (the worker, `supportd replay`),
+`accept` returns); its inserts run on the event loop between BEGIN and COMMIT on the thread
+(see `_commit_arrivals`). All writers, in this and other processes (the worker, `supportd replay`),
 take an flock on `<store>.lock` before BEGIN: the kernel wakes the next writer the moment it
 is released, where SQLite's busy handler polls with sleeps of up to 100 ms. Reads that are
 not part of a write (the CLI, counts, the next batch of inbox rows) go through aiosqlite.
@@ -167,6 +168,7 @@ class Store:
         for pragma in PRAGMAS:
             self._writer.execute(f"PRAGMA {pragma}")
         self._writer_lock = _open_lock(path)
+        self._writing = asyncio.Lock()  # one transaction at a time on the writer connection
         self._writer_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="supportd-writer")
         self.lock_waits = 0  # write transactions that waited for another process's writer
@@ -215,25 +217,44 @@ class Store:
         It commits when `work` returns and rolls back when it raises; the lock is held only
         for this one call, never across event-loop turns.
         """
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer_thread, self._transaction, work)
+        async with self._writing:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, self._transaction, work)
 
     def _transaction(self, work: Callable[[Tx], T]) -> T:
         """In the writer thread: lock, BEGIN, the work, COMMIT, unlock."""
+        self._begin()
+        try:
+            result = work(Tx(self._writer))
+        except BaseException:
+            self._end(commit=False)
+            raise
+        self._end(commit=True)
+        return result
+
+    def _begin(self) -> None:
+        """Take the writers' lock and BEGIN (on the writer thread: either may wait)."""
         if not _try_lock(self._writer_lock):
             self._wait_for_lock(self._writer_lock)
-        db = self._writer
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(Tx(db))
-                db.commit()
-            except BaseException:
-                db.rollback()  # also after a failed COMMIT, which can leave it open
-                raise
+            self._writer.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+            raise
+
+    def _end(self, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK, then release the writers' lock."""
+        try:
+            if commit:
+                try:
+                    self._writer.commit()
+                except BaseException:
+                    self._writer.rollback()  # a failed COMMIT can leave the transaction open
+                    raise
+            else:
+                self._writer.rollback()
         finally:
             fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
-        return result
 
     def _wait_for_lock(self, fd: int) -> None:
         """Block until the writers' lock is ours, counting the wait (a thread, never the loop)."""
@@ -261,7 +282,7 @@ class Store:
         while self._arrivals:
             batch, self._arrivals = self._arrivals, []
             try:
-                results = await self.write(partial(Tx.insert_inbox, arrivals=batch))
+                results = await self._commit_arrivals(batch)
             except Exception as error:
                 for arrival in batch:
                     if not arrival.done.done():
@@ -270,6 +291,27 @@ class Store:
             for arrival, result in zip(batch, results, strict=True):
                 if not arrival.done.done():
                     arrival.done.set_result(result)
+
+    async def _commit_arrivals(self, batch: list[_Arrival]) -> list[Accepted]:
+        """Intake's group commit. BEGIN (which may wait for the lock) and COMMIT (the fsync) run
+        on the writer thread; the inserts, microseconds each, on the event loop: a thread hop
+        per insert waits each time for the busy loop to hand back the GIL (measured at about
+        0.4 ms an insert under load, against 45 us unloaded)."""
+        loop = asyncio.get_running_loop()
+        async with self._writing:
+            await loop.run_in_executor(self._writer_thread, self._begin)
+            try:
+                results = Tx(self._writer).insert_inbox(batch)
+            except BaseException:
+                self._end(commit=False)
+                raise
+            ending = loop.run_in_executor(self._writer_thread, partial(self._end, commit=True))
+            try:
+                await asyncio.shield(ending)
+            except asyncio.CancelledError:
+                await asyncio.wait([ending])  # the connection is the thread's until it is done
+                raise
+        return results
 
     async def inbox_ids(self, state: str, limit: int = 1000) -> list[int]:
         return [r[0] for r in await self._all(
