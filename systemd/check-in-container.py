@@ -129,6 +129,20 @@ def check_start() -> bool:
                   f"/ read-only={root_ro}")
 
 
+def check_worker() -> bool:
+    pid = show("MainPID")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if len(children) != 1:
+        return report(False, "worker process", f"children of {pid}: {children}")
+    child = children[0]
+    command = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ").strip()
+    nice = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    seccomp = dict(re.findall(r"^(\w+):\s*(.*)$", Path(f"/proc/{child}/status").read_text(),
+                              re.M)).get("Seccomp")
+    return report(" worker " in f" {command} " and nice == 10 and seccomp == "2",
+                  "worker process", f"pid {child}, nice {nice}, Seccomp={seccomp}: {command}")
+
+
 def check_mail() -> bool:
     mail("Printer on fire", "<check-1@customer.example>")
     ticket = wait_for("ticket", lambda: "Printer on fire" in tickets())
@@ -281,7 +295,7 @@ def main() -> int:
         report(True, "systemd", run("systemctl", "--version").stdout.splitlines()[0]
                + f", system state {run('systemctl', 'is-system-running').stdout.strip()}")
         if attempt(check_start):
-            for check in (check_mail, check_reload, check_watchdog, check_stop):
+            for check in (check_worker, check_mail, check_reload, check_watchdog, check_stop):
                 attempt(check)
         for check in (check_socket, check_exposure):
             attempt(check)

@@ -2,9 +2,11 @@
 
 Intake answers SMTP on one core while this process turns inbox rows into tickets and sends
 what they queue on another; both use the one SQLite file (WAL), and writers take turns at
-its flock. The worker lives and dies with the daemon: the kernel kills it the moment the
-daemon dies (PR_SET_PDEATHSIG, so a SIGKILL of the daemon is a SIGKILL of both), SIGTERM
-makes it stop after the batch and the mail in hand, SIGHUP makes it read the config again.
+its flock. It runs at a lower priority (nice 10): under load, answering senders comes
+first and processing catches up after. The worker lives and dies with the daemon: the
+kernel kills it the moment the daemon dies (PR_SET_PDEATHSIG, so a SIGKILL of the daemon
+is a SIGKILL of both), SIGTERM makes it stop after the batch and the mail in hand, SIGHUP
+makes it read the config again.
 
 The daemon and the worker share a Unix socket. Daemon to worker: `w` after a mail is
 stored (wake up), `m` for a metrics snapshot. Worker to daemon: each snapshot as its
@@ -47,6 +49,9 @@ BATCH_SECONDS = 0.003
 DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                "LISTEN_FDNAMES")
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# A sender waits for each 250; nobody waits on a processing batch the same way. Under load
+# the daemon's intake gets the CPU first and the worker catches up after (nice(2)).
+WORKER_NICENESS = 10
 SNAPSHOT_TIMEOUT = 5.0  # seconds a metrics scrape waits for the worker
 
 
@@ -170,6 +175,11 @@ async def run_worker(config: Config, *, socket_fd: int, parent_pid: int,
                      clock: Clock | None = None) -> None:
     """The worker process: until SIGTERM, or until the daemon that started it is gone."""
     _die_with(parent_pid)
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError as error:  # e.g. a seccomp filter without setpriority(2)
+        log.warning("worker runs at the daemon's priority: nice(%d) failed: %s",
+                    WORKER_NICENESS, error)
     # Signals first: a SIGTERM while starting is a clean stop once started.
     stopping = asyncio.Event()
     reloads: asyncio.Queue[None] = asyncio.Queue()
