@@ -230,10 +230,17 @@ def test_metrics_are_prometheus_text_and_count_mail_tickets_and_outbox(
     assert daemon.send(mail(subject="Count me")) == {}
     daemon.new_mail(2)  # acknowledgement to the customer, new-ticket mail to the agent
     wait_for(daemon.inbox_settled, what="inbox processed")
-    status, text = _get(f"http://127.0.0.1:{daemon.http_port}/metrics")
-    assert status == 200
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        status, text = _get(f"http://127.0.0.1:{daemon.http_port}/metrics")
+        assert status == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        # The worker counts a delivery just after recording it, a moment after the file is there.
+        sent = samples.get(("supportd_outbox_deliveries_total", (("result", "sent"),)))
+        return samples if sent == 2 else None
+
+    samples = wait_for(scrape, what="both deliveries counted in /metrics")
     assert samples[("supportd_mails_received_total",
                     (("outcome", "stored"), ("source", "smtp")))] == 1
     assert samples[("supportd_mails_processed_total", (("outcome", "done"),))] == 1
