@@ -136,11 +136,15 @@ def check_worker() -> bool:
         return report(False, "worker process", f"children of {pid}: {children}")
     child = children[0]
     command = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ").strip()
-    nice = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    def nice() -> int:
+        return int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    wait_for("the worker to lower its priority", lambda: nice() == 10, deadline=10)
     seccomp = dict(re.findall(r"^(\w+):\s*(.*)$", Path(f"/proc/{child}/status").read_text(),
                               re.M)).get("Seccomp")
-    return report(" worker " in f" {command} " and nice == 10 and seccomp == "2",
-                  "worker process", f"pid {child}, nice {nice}, Seccomp={seccomp}: {command}")
+    return report(" worker " in f" {command} " and nice() == 10 and seccomp == "2",
+                  "worker process", f"pid {child}, nice {nice()}, Seccomp={seccomp}: {command}")
 
 
 def check_mail() -> bool:
