@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from supportd.store.sqlite import Store, Tx
+from supportd.store.sqlite import QueuedMail, Store, Tx
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -55,3 +55,37 @@ async def test_migrations_run_once(tmp_path: Path) -> None:
     for _ in range(2):
         store = await Store.open(tmp_path / "s.sqlite3")
         await store.close()
+
+
+async def test_automatic_mails_are_counted_per_recipient_over_the_last_hour(
+        tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.sqlite3")
+
+    def queue(n: int, rcpt: str, minutes_ago: int, automatic: bool = True) -> None:
+        at = NOW - timedelta(minutes=minutes_ago)
+        queued.append((QueuedMail(None, "acknowledgement", automatic, "support@example.com",
+                                  rcpt, f"{n}@example.com", b"mail"), at))
+
+    queued: list[tuple[QueuedMail, datetime]] = []
+    queue(1, "carol@x", 90)  # outside the hour
+    queue(2, "carol@x", 59)
+    queue(3, "carol@x", 30)
+    queue(4, "carol@x", 30)
+    queue(5, "carol@x", 0)
+    queue(6, "dave@x", 10)
+    queue(7, "carol@x", 5, automatic=False)  # a person's relay does not count
+
+    def write_all(tx: Tx) -> None:
+        for mail, at in queued:
+            tx.queue_mail(mail, at)
+
+    await store.write(write_all)
+    since = NOW - timedelta(hours=1)
+    assert await store.write(lambda tx: tx.automatic_mails_since("carol@x", since)) == 4
+    assert await store.write(lambda tx: tx.automatic_mails_since("dave@x", since)) == 1
+    assert await store.write(lambda tx: tx.automatic_mails_since("erin@x", since)) == 0
+    # The row of 90 minutes ago was pruned when later mail to carol was queued.
+    rows = await store.write(lambda tx: tx._all(
+        "SELECT minute FROM auto_mail_minutes WHERE rcpt_to = 'carol@x'", ()))
+    assert len(rows) == 3
+    await store.close()

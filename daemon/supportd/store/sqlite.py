@@ -24,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -581,9 +581,10 @@ class Tx:
             (ticket_id, timestamp(at), actor, kind, detail))
 
     def automatic_mails_since(self, rcpt_to: str, since: datetime) -> int:
+        """Automatic mails queued to `rcpt_to` from the minute of `since` on (migration 004)."""
         row = self._one(
-            "SELECT count(*) FROM outbox WHERE automatic = 1 AND rcpt_to = ? AND created_at >= ?",
-            (rcpt_to, timestamp(since)))
+            "SELECT coalesce(sum(mails), 0) FROM auto_mail_minutes WHERE rcpt_to = ? "
+            "AND minute >= ?", (rcpt_to, _minute(since)))
         return int(row[0]) if row else 0
 
     def incoming_mails_since(self, ticket_id: int, since: datetime) -> int:
@@ -599,6 +600,17 @@ class Tx:
             "message_id, raw, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mail.ticket_id, timestamp(at), mail.kind, int(mail.automatic), mail.mail_from,
              mail.rcpt_to, mail.message_id, mail.raw, timestamp(at)))
+        if mail.automatic:
+            self.execute(
+                "INSERT INTO auto_mail_minutes (rcpt_to, minute, mails) VALUES (?, ?, 1) "
+                "ON CONFLICT DO UPDATE SET mails = mails + 1", (mail.rcpt_to, _minute(at)))
+            # Minutes the hourly limit no longer looks at: at most 61 rows a recipient.
+            self.execute("DELETE FROM auto_mail_minutes WHERE rcpt_to = ? AND minute < ?",
+                         (mail.rcpt_to, _minute(at - timedelta(minutes=61))))
+
+
+def _minute(moment: datetime) -> str:
+    return timestamp(moment)[:16]  # 'YYYY-MM-DDTHH:MM'
 
 
 def _try_lock(fd: int) -> bool:
