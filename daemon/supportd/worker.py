@@ -43,7 +43,7 @@ log = logging.getLogger("supportd.worker")
 # BATCH_SECONDS so intake's commits (and their 250s) wait little; raw mail in memory bounded.
 BATCH_MAILS = 50
 BATCH_BYTES = 8 * 1024 * 1024
-BATCH_SECONDS = 0.005
+BATCH_SECONDS = 0.02
 
 # Variables that are the daemon's alone: the worker must not answer systemd as if it were it.
 DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",

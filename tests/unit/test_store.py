@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -89,3 +91,27 @@ async def test_automatic_mails_are_counted_per_recipient_over_the_last_hour(
         "SELECT minute FROM auto_mail_minutes WHERE rcpt_to = 'carol@x'", ()))
     assert len(rows) == 3
     await store.close()
+
+
+async def test_a_long_transaction_sees_another_writer_waiting(tmp_path: Path) -> None:
+    """What lets a processing batch commit early when intake waits for the lock."""
+    holder = await Store.open(tmp_path / "s.sqlite3")
+    waiter = await Store.open(tmp_path / "s.sqlite3")  # as in another process: its own files
+    inside = threading.Event()
+
+    def hold(tx: Tx) -> list[bool]:
+        inside.set()
+        seen = [holder.writer_wanted()]  # nobody waits yet
+        deadline = time.monotonic() + 10
+        while not holder.writer_wanted() and time.monotonic() < deadline:
+            time.sleep(0.001)  # the condition is another thread's flock: polled, with a deadline
+        return [*seen, holder.writer_wanted()]
+
+    holding = asyncio.create_task(holder.write(hold))
+    await asyncio.to_thread(inside.wait, 10)
+    waiting = asyncio.create_task(waiter.write(lambda tx: tx.execute("SELECT 1")))
+    assert await holding == [False, True]
+    await waiting
+    assert waiter.lock_waits == 1 and not holder.writer_wanted()
+    await holder.close()
+    await waiter.close()

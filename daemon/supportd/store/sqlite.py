@@ -167,7 +167,8 @@ class Store:
         self._writer.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
             self._writer.execute(f"PRAGMA {pragma}")
-        self._writer_lock = _open_lock(path)
+        self._writer_lock = _open_lock(path, "lock")
+        self._wanted_lock = _open_lock(path, "wanted")  # shared by writers waiting for the lock
         self._writing = asyncio.Lock()  # one transaction at a time on the writer connection
         self._writer_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="supportd-writer")
@@ -192,6 +193,7 @@ class Store:
         self._writer_thread.shutdown()
         self._writer.close()
         os.close(self._writer_lock)
+        os.close(self._wanted_lock)
 
     async def _migrate(self) -> None:
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
@@ -257,11 +259,26 @@ class Store:
             fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
     def _wait_for_lock(self, fd: int) -> None:
-        """Block until the writers' lock is ours, counting the wait (a thread, never the loop)."""
+        """Block until the writers' lock is ours, counting the wait (a thread, never the loop).
+
+        While it waits it holds `<store>.wanted` shared, so that a long transaction (a
+        processing batch) sees someone is waiting and commits early (`writer_wanted`).
+        """
         started = time.perf_counter()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(self._wanted_lock, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self._wanted_lock, fcntl.LOCK_UN)
         self.lock_waits += 1
         self.lock_wait_seconds += time.perf_counter() - started
+
+    def writer_wanted(self) -> bool:
+        """Whether another writer (intake's commit, in the daemon) is waiting for the lock."""
+        if _try_lock(self._wanted_lock):
+            fcntl.flock(self._wanted_lock, fcntl.LOCK_UN)
+            return False
+        return True
 
     # -- intake ------------------------------------------------------------------------
 
@@ -621,8 +638,8 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _open_lock(path: Path) -> int:
-    return os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _open_lock(path: Path, suffix: str) -> int:
+    return os.open(f"{path}.{suffix}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _ticket(r: sqlite3.Row) -> Ticket:
