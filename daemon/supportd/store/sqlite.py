@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -330,9 +330,11 @@ class Store:
                 raise
         return results
 
-    async def inbox_ids(self, state: str, limit: int = 1000) -> list[int]:
+    async def inbox_ids(self, state: Literal["new", "failed"], limit: int = 1000) -> list[int]:
+        # `state != 'done'` lets SQLite use the partial index inbox_pending, not scan the inbox.
         return [r[0] for r in await self._all(
-            "SELECT id FROM inbox WHERE state = ? ORDER BY id LIMIT ?", (state, limit))]
+            "SELECT id FROM inbox WHERE state = ? AND state != 'done' ORDER BY id LIMIT ?",
+            (state, limit))]
 
     async def new_inbox_rows(self, limit: int, max_bytes: int) -> list[InboxRow]:
         """The oldest `new` rows, at most `limit` and about `max_bytes` of mail (at least one)."""
