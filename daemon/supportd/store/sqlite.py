@@ -521,9 +521,6 @@ class Tx:
             "UPDATE inbox SET state = 'done', error = NULL, ticket_id = ?, "
             "attempts = attempts + 1 WHERE id = ?", (ticket_id, inbox_id))
 
-    def requeue_inbox(self, inbox_id: int) -> None:
-        self.execute("UPDATE inbox SET state = 'new' WHERE id = ?", (inbox_id,))
-
     def ticket(self, ticket_id: int) -> Ticket | None:
         row = self._one(_TICKET, (ticket_id,))
         return _ticket(row) if row else None
