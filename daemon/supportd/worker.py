@@ -39,8 +39,9 @@ from supportd.tickets.service import TEMPLATE_KINDS, TicketService
 
 log = logging.getLogger("supportd.worker")
 
-# Mails per processing transaction: one fsync for all, but the write lock held at most about
-# BATCH_SECONDS so intake's commits (and their 250s) wait little; raw mail in memory bounded.
+# Mails per processing transaction: one fsync for all, the write lock held at most about
+# BATCH_SECONDS, and only until the mail in hand is done when intake's commit (and the 250s
+# behind it) waits for the lock (Store.writer_wanted); raw mail in memory bounded.
 BATCH_MAILS = 50
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_SECONDS = 0.02
