@@ -184,8 +184,7 @@ class TicketService:
             decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
         incoming = _Incoming(row, mail, sender, answer_to, token, proven,
                              agent_address and not proven, decision)
-        ticket_id = self._thread(tx, incoming)
-        ticket = tx.ticket(ticket_id) if ticket_id is not None else None
+        ticket = self._thread(tx, incoming)
         if ticket is not None and ticket.status == Status.CLOSED:
             return self._new_ticket(tx, incoming, follow_up_of=ticket.id)
         if ticket is None:
@@ -210,7 +209,8 @@ class TicketService:
                                      self.config.agent_by_email) for address in addresses)
         return next(filter(None, matches), None)
 
-    def _thread(self, tx: Tx, incoming: _Incoming) -> int | None:
+    def _thread(self, tx: Tx, incoming: _Incoming) -> Ticket | None:
+        """The ticket this mail belongs to, or None for a new one."""
         mail = incoming.mail
         by_id = tx.tickets_for_message_ids((*mail.in_reply_to, *mail.references))
         tagged = subject_tag(mail.subject, self.config.support.subject_prefix)
@@ -224,9 +224,9 @@ class TicketService:
             tickets_by_message_id=by_id, tagged_ticket_people=people,
         )
         result = thread_message(mail, incoming.sender, facts, self.config.support.subject_prefix)
-        if result.ticket_id is not None and tx.ticket(result.ticket_id) is None:
-            return None  # a valid token for a ticket that is gone: start afresh
-        return result.ticket_id
+        if result.ticket_id is None:
+            return None
+        return tx.ticket(result.ticket_id)  # None for a valid token of a ticket that is gone
 
     # -- the three kinds of mail ---------------------------------------------------------
 
