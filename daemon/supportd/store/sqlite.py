@@ -237,7 +237,7 @@ class Store:
     def _begin(self) -> None:
         """Take the writers' lock and BEGIN (on the writer thread: either may wait)."""
         if not _try_lock(self._writer_lock):
-            self._wait_for_lock(self._writer_lock)
+            self._wait_for_lock()
         try:
             self._writer.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -258,7 +258,7 @@ class Store:
         finally:
             fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
-    def _wait_for_lock(self, fd: int) -> None:
+    def _wait_for_lock(self) -> None:
         """Block until the writers' lock is ours, counting the wait (a thread, never the loop).
 
         While it waits it holds `<store>.wanted` shared, so that a long transaction (a
@@ -267,7 +267,7 @@ class Store:
         started = time.perf_counter()
         fcntl.flock(self._wanted_lock, fcntl.LOCK_SH)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
         finally:
             fcntl.flock(self._wanted_lock, fcntl.LOCK_UN)
         self.lock_waits += 1
