@@ -62,13 +62,13 @@ async def test_migrations_run_once(tmp_path: Path) -> None:
 async def test_automatic_mails_are_counted_per_recipient_over_the_last_hour(
         tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "s.sqlite3")
+    queued: list[tuple[QueuedMail, datetime]] = []
 
     def queue(n: int, rcpt: str, minutes_ago: int, automatic: bool = True) -> None:
         at = NOW - timedelta(minutes=minutes_ago)
         queued.append((QueuedMail(None, "acknowledgement", automatic, "support@example.com",
                                   rcpt, f"{n}@example.com", b"mail"), at))
 
-    queued: list[tuple[QueuedMail, datetime]] = []
     queue(1, "carol@x", 90)  # outside the hour
     queue(2, "carol@x", 59)
     queue(3, "carol@x", 30)

@@ -90,9 +90,8 @@ def _folded(name: str, value: str) -> str:
         encoded = Header(value, "utf-8", header_name=name).encode(linesep=CRLF,
                                                                   maxlinelen=MAX_LINE)
         return f"{name}: {encoded}{CRLF}"
-    lines = [f"{name}: {value}"]
-    if len(lines[0]) <= MAX_LINE:
-        return lines[0] + CRLF
+    if len(name) + 2 + len(value) <= MAX_LINE:
+        return f"{name}: {value}{CRLF}"
     first, *words = value.split(" ")
     lines = [f"{name}: {first}"]
     for word in words:
