@@ -93,16 +93,17 @@ class Supportd:
         web_runner = None
         workers: dict[str, Worker] = {}
         try:
+            # Before the worker and the listeners: a SIGTERM that comes while starting is a
+            # clean stop once ready.
+            loop = asyncio.get_running_loop()
+            for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                               (signal.SIGHUP, "reload")):
+                loop.add_signal_handler(sig, self.events.put_nowait, event)
             self.worker = await WorkerProcess.start(self.config.path)
             workers["worker"] = self.worker
             for mailbox in self.config.imap:
                 workers[f"imap:{mailbox.name}"] = MailboxWatcher(
                     mailbox, self.store, self.clock, on_accept=self.worker.wake)
-            # Before binding: a SIGTERM that comes while starting is a clean stop once ready.
-            loop = asyncio.get_running_loop()
-            for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
-                               (signal.SIGHUP, "reload")):
-                loop.add_signal_handler(sig, self.events.put_nowait, event)
             passed = listen_sockets()
             await self._listen(passed)
             if self.config.http.listen is not None or "http" in passed:
