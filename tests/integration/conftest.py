@@ -98,6 +98,8 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     seen_outbox: set[str] = field(default_factory=set)
     env: dict[str, str] = field(default_factory=dict)  # e.g. NOTIFY_SOCKET, WATCHDOG_USEC
+    # Text replacements on the config above, in order: (old, new), each old present once.
+    edits: tuple[tuple[str, str], ...] = ()
 
     @property
     def config_path(self) -> Path:
@@ -105,8 +107,12 @@ class Daemon:
 
     def write_config(self) -> None:
         lmtp = f'lmtp_listen = "127.0.0.1:{self.lmtp_port}"' if self.lmtp_port else ""
-        self.config_path.write_text(CONFIG.format(
-            port=self.port, lmtp=lmtp, templates=self.templates, max_size=self.max_size))
+        text = CONFIG.format(
+            port=self.port, lmtp=lmtp, templates=self.templates, max_size=self.max_size)
+        for old, new in self.edits:
+            assert text.count(old) == 1, f"config edit {old!r} does not match once"
+            text = text.replace(old, new)
+        self.config_path.write_text(text)
 
     def start(self) -> None:
         self.write_config()
