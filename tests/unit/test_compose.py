@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from supportd.mail.compose import Headers, compose_mail
+from supportd.outbound.compose import Headers, compose_mail
 from supportd.outbound.templates import Rendered, Renderer
 from supportd.tickets.model import Priority, Status, Ticket
 from supportd.tickets.service import TEMPLATE_KINDS

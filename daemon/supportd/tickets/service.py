@@ -26,10 +26,10 @@ from supportd.mail.auth import (
     token_in_address,
 )
 from supportd.mail.classify import Decision, classify
-from supportd.mail.compose import Headers, compose_mail, new_message_id
 from supportd.mail.parse import ParsedMail, is_mailbox, parse_mail
 from supportd.mail.reply import strip_quoted_reply
 from supportd.mail.thread import ThreadFacts, subject_tag, thread_message
+from supportd.outbound.compose import Headers, compose_mail, new_message_id
 from supportd.outbound.templates import Renderer
 from supportd.store.sqlite import InboxRow, QueuedMail, Store, Tx, store_unavailable
 from supportd.tickets.commands import (
