@@ -94,6 +94,30 @@ def test_a_word_longer_than_a_line_stays_whole() -> None:
     assert b"\r\n \r\n" not in raw  # no continuation line of whitespace only
 
 
+def test_an_id_too_long_for_any_line_is_left_out() -> None:
+    """RFC 5322 §2.1.1: no line over 998 characters, so such an id cannot be written back."""
+    long_id = "x." * 2690 + "@example.com"  # 5 392 characters, as a folded id reads unfolded
+    raw = compose_mail(replace(HEADERS, in_reply_to=long_id, references=("a@x", long_id, "b@x")),
+                       Rendered("text\n", "html"))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["In-Reply-To"] is None
+    assert msg["References"].split() == ["<a@x>", "<b@x>"]
+
+
+def test_the_longest_id_that_fits_a_line_is_kept_and_one_more_character_is_not() -> None:
+    fits = "x" * (998 - len("In-Reply-To: <@example.com>")) + "@example.com"
+    raw = compose_mail(replace(HEADERS, in_reply_to=fits, references=(fits,)),
+                       Rendered("text\n", "html"))
+    assert max(len(line) for line in raw.split(b"\r\n")) == 998  # In-Reply-To, just
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["In-Reply-To"].strip() == msg["References"].strip() == f"<{fits}>"
+    raw = compose_mail(replace(HEADERS, in_reply_to="y" + fits, references=("y" + fits,)),
+                       Rendered("text\n", "html"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["In-Reply-To"] is None and msg["References"] is None
+
+
 def test_header_values_from_input_never_break_the_header_block() -> None:
     raw = compose_mail(replace(HEADERS, to="c@x\r\nBcc: victim@x",
                                in_reply_to="a@x\nBcc: victim@x",

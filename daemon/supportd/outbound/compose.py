@@ -22,6 +22,9 @@ from supportd.outbound.templates import Rendered
 
 CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters (998 MUST)
+# The longest `<id>` written back: "In-Reply-To: <id>" and a References line holding it alone
+# are then at most 998 characters (RFC 5322 §2.1.1), since an id cannot be folded.
+MAX_ID_FIELD = 998 - len("In-Reply-To: ")
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,10 @@ def compose_mail(headers: Headers, body: Rendered) -> bytes:
         ("Date", format_datetime(headers.date)),
         ("Message-ID", f"<{headers.message_id}>"),
     ]
-    if headers.in_reply_to:
-        fields.append(("In-Reply-To", f"<{one_line(headers.in_reply_to)}>"))
-    if headers.references:
-        fields.append(("References", " ".join(f"<{one_line(r)}>" for r in headers.references)))
+    if headers.in_reply_to and (in_reply_to := _id_field(headers.in_reply_to)):
+        fields.append(("In-Reply-To", in_reply_to))
+    if references := [field for field in map(_id_field, headers.references) if field]:
+        fields.append(("References", " ".join(references)))  # folded between the ids
     fields.append(("Reply-To", headers.reply_to))
     if headers.auto_submitted:
         fields.append(("Auto-Submitted", headers.auto_submitted))
@@ -81,6 +84,13 @@ def compose_mail(headers: Headers, body: Rendered) -> bytes:
     ]
     mail = "".join(_folded(name, value) for name, value in fields) + CRLF + "".join(parts)
     return (mail + f"--{boundary}--{CRLF}").encode("ascii")
+
+
+def _id_field(message_id: str) -> str | None:
+    """`<id>`, or None for an id too long for a line: a sender's id of thousands of characters
+    (folded at its dots, unfolded when read) cannot be written back whole, so it is left out."""
+    field = f"<{one_line(message_id)}>"
+    return field if len(field) <= MAX_ID_FIELD else None
 
 
 def _folded(name: str, value: str) -> str:
