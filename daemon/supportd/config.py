@@ -10,6 +10,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from supportd.mail.headers import one_line as _one_line
+
 T = TypeVar("T")
 TransportName = Literal["maildir", "smtp", "mx"]
 ImapTls = Literal["implicit", "starttls", "none"]
@@ -478,8 +480,3 @@ def _imap(top: _Reader, base: Path) -> tuple[ImapConfig, ...]:
         ))
         m.finish()
     return tuple(mailboxes)
-
-
-def _one_line(text: str) -> str:
-    """Config text that goes into headers: never a raw CR or LF."""
-    return " ".join(text.split())

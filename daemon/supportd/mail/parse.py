@@ -36,6 +36,8 @@ from typing import TypeAlias, cast
 
 import inscriptis
 
+from supportd.mail.headers import one_line as _one_line
+
 
 @dataclass(frozen=True)
 class Address:
@@ -86,8 +88,6 @@ _MAX_PARTS = 1000
 _MSG_ID_IN_BRACKETS = re.compile(r"<([^<>]*)>")
 _WHITESPACE = re.compile(r"\s+")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-_LINE_BREAKS_AND_TABS = re.compile(r"[\t\n\r\v\f\x85\u2028\u2029]+")
-_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _HTML_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
 _MESSAGE_ID_LINE = re.compile(r"(?im)^message-id[ \t]*:(.*)$")
@@ -232,11 +232,6 @@ def _decode_unlabelled(data: bytes) -> str:
 def _unfold(value: str) -> str:
     # RFC 5322 §2.2.3: unfolding removes the CRLF before folding whitespace.
     return _FOLD.sub("", value)
-
-
-def _one_line(value: str) -> str:
-    """No CR, LF or other control characters may reach anything built from a header."""
-    return _OTHER_CONTROLS.sub("", _LINE_BREAKS_AND_TABS.sub(" ", value)).strip()
 
 
 def _decode_header_value(value: str, defects: list[str]) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
+from supportd.mail.headers import one_line
 from supportd.outbound.templates import Rendered
 
 CRLF = "\r\n"
@@ -44,13 +45,6 @@ class Headers:
 
 def new_message_id(ticket_id: int | None, domain: str) -> str:
     return f"supportd.{ticket_id or 0}.{secrets.token_hex(8)}@{domain}"
-
-
-def one_line(text: str) -> str:
-    """Header text from input: never a raw CR, LF or other control character."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else " " for c in text)
-    return " ".join(text.split())
 
 
 def compose_mail(headers: Headers, body: Rendered) -> bytes:
