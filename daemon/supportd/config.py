@@ -272,17 +272,39 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     """Load and check `path`; raises ConfigInvalid listing every error found."""
     file = str(path)
     errors: list[ConfigError] = []
+    top = _Reader(file, errors, _read_toml(path), "")
+    base = path.resolve().parent
+    support = _support(top, base, create_missing_secrets)
+    smtp = _smtp(top)
+    http = _http(top)
+    store_path = _store(top, base)
+    outbound = _outbound(top, base, create_missing_secrets)
+    groups = _groups(top, support)
+    agents = _agents(top, support, groups)
+    accounts = _accounts(top)
+    imap = _imap(top, base)
+    top.finish()
+    if errors:
+        raise ConfigInvalid(errors)
+    return Config(
+        path=path, support=support, smtp=smtp, store_path=store_path, outbound=outbound,
+        groups=groups, agents=agents, accounts=accounts, imap=imap, http=http,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    file = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigInvalid([ConfigError(file, "(file)", f"cannot read: {e.strerror}")]) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigInvalid([ConfigError(file, "(syntax)", str(e))]) from e
     except UnicodeDecodeError as e:
         raise ConfigInvalid([ConfigError(file, "(file)", f"not UTF-8: {e}")]) from e
-    base = path.resolve().parent
-    top = _Reader(file, errors, data, "")
 
+
+def _support(top: _Reader, base: Path, create_missing_secrets: bool) -> SupportConfig:
     support = top.child("support", top.table_of("support"))
     addresses = tuple(
         support.email("addresses", a) for a in support.strings("addresses", ("support@localhost",))
@@ -298,7 +320,7 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     prefix = support.string("subject_prefix", "Support")
     if not prefix or any(c in prefix for c in "[]#\r\n"):
         support.error("subject_prefix", f"must be non-empty without [ ] # or newlines: {prefix!r}")
-    support_cfg = SupportConfig(
+    config = SupportConfig(
         addresses=addresses,
         name=_one_line(support.string("name", "Support")),
         subject_prefix=prefix,
@@ -310,9 +332,12 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
         ),
     )
     support.finish()
+    return config
 
+
+def _smtp(top: _Reader) -> SmtpConfig:
     smtp = top.child("smtp", top.table_of("smtp"))
-    smtp_cfg = SmtpConfig(
+    config = SmtpConfig(
         listen=smtp.listen("listen", "127.0.0.1:2525") or Listen("127.0.0.1", 2525),
         lmtp_listen=smtp.listen("lmtp_listen", None),
         hostname=smtp.string("hostname", "localhost"),
@@ -320,21 +345,28 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
         shutdown_grace=smtp.integer("shutdown_grace", 5),
         shutdown_timeout=smtp.integer("shutdown_timeout", 60, minimum=1),
     )
-    if smtp_cfg.shutdown_grace > smtp_cfg.shutdown_timeout:
+    if config.shutdown_grace > config.shutdown_timeout:
         smtp.error("shutdown_grace", f"must not exceed smtp.shutdown_timeout "
-                   f"({smtp_cfg.shutdown_timeout}), not {smtp_cfg.shutdown_grace}")
+                   f"({config.shutdown_timeout}), not {config.shutdown_grace}")
     smtp.finish()
+    return config
 
+
+def _http(top: _Reader) -> HttpConfig:
     http = top.child("http", top.table_of("http"))
-    http_cfg = HttpConfig(listen=http.listen("listen", None))
+    config = HttpConfig(listen=http.listen("listen", None))
     http.finish()
+    return config
 
+
+def _store(top: _Reader, base: Path) -> Path:
     store = top.child("store", top.table_of("store"))
-    store_path = store.path("path", "var/supportd.sqlite3", base)
+    path = store.path("path", "var/supportd.sqlite3", base)
     store.finish()
+    return path
 
-    outbound_cfg = _outbound(top, base, create_missing_secrets)
 
+def _groups(top: _Reader, support: SupportConfig) -> tuple[Group, ...]:
     groups = []
     for i, table in enumerate(top.tables("groups")):
         g = top.child(f"groups[{i}]", table)
@@ -343,18 +375,23 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
             g.error("name", f"must be a word of letters, digits, - or _, not {name!r}")
         groups.append(Group(name=name, description=g.string("description", "")))
         g.finish()
-    group_names = {g.name for g in groups}
-    if support_cfg.default_group not in group_names:
-        support.error("default_group", f"names no [[groups]] entry: {support_cfg.default_group!r}")
+    if support.default_group not in {g.name for g in groups}:
+        top.error("support.default_group",
+                  f"names no [[groups]] entry: {support.default_group!r}")
+    return tuple(groups)
 
+
+def _agents(top: _Reader, support: SupportConfig,
+            groups: tuple[Group, ...]) -> tuple[Agent, ...]:
+    group_names = {g.name for g in groups}
     agents = []
     for i, table in enumerate(top.tables("agents")):
         a = top.child(f"agents[{i}]", table)
         email = a.email("email", a.string("email", ""))
-        agent_groups = a.strings("groups", (support_cfg.default_group,))
+        agent_groups = a.strings("groups", (support.default_group,))
         for unknown in sorted(set(agent_groups) - group_names):
             a.error("groups", f"names no [[groups]] entry: {unknown!r}")
-        if email in addresses:
+        if email in support.addresses:
             a.error("email", f"{email} is a support address, it cannot also be an agent")
         agents.append(Agent(email=email, name=_one_line(a.string("name", email)),
                             groups=agent_groups))
@@ -362,9 +399,12 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     seen: set[str] = set()
     for i, agent in enumerate(agents):
         if agent.email in seen:
-            errors.append(ConfigError(file, f"agents[{i}].email", f"{agent.email} listed twice"))
+            top.error(f"agents[{i}].email", f"{agent.email} listed twice")
         seen.add(agent.email)
+    return tuple(agents)
 
+
+def _accounts(top: _Reader) -> tuple[Account, ...]:
     accounts = []
     for i, table in enumerate(top.tables("accounts")):
         a = top.child(f"accounts[{i}]", table)
@@ -375,16 +415,7 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
         if not accounts[-1].name:
             a.error("name", "is required")
         a.finish()
-    imap = _imap(top, base)
-    top.finish()
-
-    if errors:
-        raise ConfigInvalid(errors)
-    return Config(
-        path=path, support=support_cfg, smtp=smtp_cfg, store_path=store_path,
-        outbound=outbound_cfg, groups=tuple(groups), agents=tuple(agents),
-        accounts=tuple(accounts), imap=imap, http=http_cfg,
-    )
+    return tuple(accounts)
 
 
 def _outbound(top: _Reader, base: Path, create_missing_secrets: bool) -> OutboundConfig:
