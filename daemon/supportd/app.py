@@ -22,10 +22,11 @@ from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
 from supportd.mail.auth import token_for_address
+from supportd.outbound.templates import load_renderer
 from supportd.store.sqlite import Store
 from supportd.systemd import Notifier, listen_sockets, watchdog_interval
 from supportd.web.monitoring import monitoring_app, read_counts, serve_monitoring
-from supportd.worker import WorkerProcess, load_renderer
+from supportd.worker import WorkerProcess
 
 log = logging.getLogger("supportd")
 

@@ -18,10 +18,10 @@ from supportd.clock import SystemClock
 from supportd.config import Config, ConfigInvalid, load_config
 from supportd.intake.imap import check_mailbox
 from supportd.logs import configure_logging
-from supportd.outbound.templates import Renderer
+from supportd.outbound.templates import Renderer, load_renderer
 from supportd.store.sqlite import Store
 from supportd.tickets.model import Status
-from supportd.tickets.service import TEMPLATE_KINDS, TicketService
+from supportd.tickets.service import TicketService
 from supportd.worker import run_worker
 
 DEFAULT_CONFIG = Path("supportd.toml")
@@ -127,10 +127,11 @@ def check_config(path: Path) -> int:
         for error in invalid.errors:
             print(error, file=sys.stderr)
         return 2
-    problems = Renderer(config.outbound.templates).check(TEMPLATE_KINDS)
-    for problem in problems:
-        print(f"{path}: outbound.templates: {problem}", file=sys.stderr)
-    if problems:
+    try:
+        load_renderer(config)
+    except ConfigInvalid as invalid:
+        for error in invalid.errors:
+            print(error, file=sys.stderr)
         return 2
     print(f"{path}: OK ({len(config.agents)} agents, {len(config.groups)} groups, "
           f"support at {', '.join(config.support.addresses)})")

@@ -29,13 +29,13 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from supportd.clock import Clock, SystemClock
-from supportd.config import Config, ConfigError, ConfigInvalid, load_config
+from supportd.config import Config, ConfigInvalid, load_config
 from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS, WORKER_REGISTRY
 from supportd.outbound.outbox import OutboxWorker
-from supportd.outbound.templates import Renderer
+from supportd.outbound.templates import load_renderer
 from supportd.outbound.transport import MaildirTransport, MxTransport, SmtpTransport, Transport
 from supportd.store.sqlite import InboxRow, Store
-from supportd.tickets.service import TEMPLATE_KINDS, TicketService
+from supportd.tickets.service import TicketService
 
 log = logging.getLogger("supportd.worker")
 
@@ -65,16 +65,6 @@ def make_transport(config: Config) -> Transport:
     if out.transport == "mx":
         return MxTransport(helo=config.smtp.hostname)
     return MaildirTransport(out.maildir)
-
-
-def load_renderer(config: Config) -> Renderer:
-    """The templates of `config`, checked; a missing or broken one is a config error."""
-    renderer = Renderer(config.outbound.templates)
-    problems = renderer.check(TEMPLATE_KINDS)
-    if problems:
-        raise ConfigInvalid([ConfigError(str(config.path), "outbound.templates", problem)
-                             for problem in problems])
-    return renderer
 
 
 class Processor:

@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from supportd.outbound.compose import Headers, compose_mail
-from supportd.outbound.templates import Rendered, Renderer
+from supportd.outbound.templates import TEMPLATE_KINDS, Rendered, Renderer
 from supportd.tickets.model import Priority, Status, Ticket
-from supportd.tickets.service import TEMPLATE_KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

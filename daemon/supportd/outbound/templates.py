@@ -8,6 +8,12 @@ from typing import Any
 
 import jinja2
 
+from supportd.config import Config, ConfigError, ConfigInvalid
+
+# Every mail supportd sends is one of these; each needs <kind>.txt.j2 and <kind>.html.j2.
+TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
+                  "command_error")
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -25,6 +31,7 @@ class Renderer:
     """
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         loader = jinja2.FileSystemLoader(folder)
         self._text = jinja2.Environment(
             loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
@@ -45,8 +52,21 @@ class Renderer:
         problems = []
         for kind in kinds:
             for env, suffix in ((self._text, "txt"), (self._html, "html")):
+                name = f"{kind}.{suffix}.j2"
                 try:
-                    env.get_template(f"{kind}.{suffix}.j2")
+                    env.get_template(name)
+                except jinja2.TemplateNotFound:
+                    problems.append(f"{name}: not found in {self.folder}")
                 except jinja2.TemplateError as e:
-                    problems.append(f"{kind}.{suffix}.j2: {e}")
+                    problems.append(f"{name}: {e}")
         return problems
+
+
+def load_renderer(config: Config) -> Renderer:
+    """The templates of `config`, checked; a missing or broken one is a config error."""
+    renderer = Renderer(config.outbound.templates)
+    problems = renderer.check(TEMPLATE_KINDS)
+    if problems:
+        raise ConfigInvalid([ConfigError(str(config.path), "outbound.templates", problem)
+                             for problem in problems])
+    return renderer

@@ -51,8 +51,6 @@ from supportd.tickets.model import Status, Ticket
 
 log = logging.getLogger("supportd.tickets")
 
-TEMPLATE_KINDS = ("acknowledgement", "new_ticket", "customer_reply", "relay", "status_changed",
-                  "command_error")
 AGENT_NOTICES = ("new_ticket", "customer_reply")
 # Mails into one ticket per hour before it is treated as a loop: people rarely write 20.
 TICKET_MAIL_LIMIT = 20
