@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -21,7 +20,6 @@ from supportd.config import Config, ConfigInvalid, load_config
 from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
-from supportd.mail.auth import token_for_address
 from supportd.outbound.templates import load_renderer
 from supportd.store.sqlite import Store
 from supportd.systemd import Notifier, listen_sockets, watchdog_interval
@@ -29,18 +27,6 @@ from supportd.web.monitoring import monitoring_app, read_counts, serve_monitorin
 from supportd.worker import WorkerProcess
 
 log = logging.getLogger("supportd")
-
-
-def recipient_check(config: Config) -> Callable[[str], bool]:
-    """Whether an RCPT address is ours: a support address or a valid reply-token address."""
-    support = frozenset(config.support.addresses)
-
-    def is_our_recipient(address: str) -> bool:
-        address = address.lower()
-        return address in support or token_for_address(
-            address, support, config.support.hmac_key, config.agent_by_email) is not None
-
-    return is_our_recipient
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
@@ -149,7 +135,7 @@ class Supportd:
             log.warning("ignoring socket %r from systemd: supportd knows smtp, lmtp, http", name)
         for name, at, lmtp in listeners:
             handler = IntakeHandler(store=self.store, clock=self.clock, source=name,
-                                    is_our_recipient=recipient_check(self.config),
+                                    addresses=self.config.addresses,
                                     on_accept=self.worker.wake)
             self.servers.append(await serve(
                 handler, at=at, hostname=smtp.hostname, max_size=smtp.max_message_size,
@@ -194,9 +180,8 @@ class Supportd:
         """Put a checked config into intake; open sessions stay open."""
         for key in restart_only_changes(self.config, config):
             log.warning("reload: %s changed; that takes effect at the next restart", key)
-        is_our_recipient = recipient_check(config)
         for handler in self.handlers:
-            handler.is_our_recipient = is_our_recipient
+            handler.addresses = config.addresses
         self.config = config
 
     async def _shutdown(self, workers: dict[str, Worker], tasks: list[asyncio.Task[None]],

@@ -10,6 +10,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from supportd.mail.addresses import Addresses
 from supportd.mail.headers import one_line as _one_line
 
 T = TypeVar("T")
@@ -138,9 +139,13 @@ class Config:
     imap: tuple[ImapConfig, ...] = ()
     http: HttpConfig = HttpConfig(listen=None)
     agent_by_email: dict[str, Agent] = field(init=False, repr=False, compare=False)
+    addresses: Addresses = field(init=False, repr=False, compare=False)  # "is it ours?"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agent_by_email", {a.email: a for a in self.agents})
+        object.__setattr__(self, "addresses", Addresses(
+            support=frozenset(self.support.addresses), hmac_key=self.support.hmac_key,
+            agents=tuple(self.agent_by_email)))
 
     def account_for(self, email: str) -> str | None:
         """The account whose domain the address belongs to (accounts are keyed by domain)."""

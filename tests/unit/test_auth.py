@@ -422,3 +422,10 @@ def test_token_for_address_verifies_the_token_it_finds() -> None:
     forged = token_address("support@example.com", "42-0123456789abcdef")
     assert token_for_address(forged, SUPPORT, SECRET, AGENTS) is None
     assert token_for_address("support@example.com", SUPPORT, SECRET, AGENTS) is None
+
+
+def test_token_for_address_reads_an_upper_cased_token() -> None:
+    """Finding 11: RCPT and processing both ask token_for_address, whatever the case."""
+    address = token_address("support@example.com", make_token(SECRET, 42, "bob@example.com"))
+    assert token_for_address(address.upper(), SUPPORT, SECRET, AGENTS) == TokenMatch(
+        42, "bob@example.com")

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from supportd.clock import Clock
 from supportd.intake.sessions import Sessions
+from supportd.mail.addresses import Addresses
 from supportd.mail.parse import dedupe_key
 from supportd.metrics import MAILS_RECEIVED
 from supportd.store.sqlite import Store
@@ -27,17 +28,17 @@ log = logging.getLogger("supportd.intake")
 
 class IntakeHandler:
     def __init__(
-        self, *, store: Store, clock: Clock, source: str,
-        is_our_recipient: Callable[[str], bool], on_accept: Callable[[], None],
+        self, *, store: Store, clock: Clock, source: str, addresses: Addresses,
+        on_accept: Callable[[], None],
     ) -> None:
         self.store, self.clock, self.source = store, clock, source
-        self.is_our_recipient, self.on_accept = is_our_recipient, on_accept
+        self.addresses, self.on_accept = addresses, on_accept
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        if not self.is_our_recipient(address):
+        if not self.addresses.accepts(address):
             log.info("refused rcpt=<%s> from=%s", address, session.peer)
             return f"550 5.1.1 <{address}>: no such support address"
         envelope.rcpt_tos.append(address)

@@ -82,9 +82,14 @@ def verify_token(secret: bytes, token: str, agents: Iterable[str]) -> TokenMatch
 def token_for_address(
     address: str, support_addresses: frozenset[str], secret: bytes, agents: Iterable[str]
 ) -> TokenMatch | None:
-    """The verified token in a support+TOKEN@ address, or None (no token, or a forged one)."""
+    """The verified token in a support+TOKEN@ address, or None (no token, or a forged one).
+
+    The one comparison of an address's token, at RCPT and in processing alike. The token is
+    made in lower case; a mail system that changes the case of the local part (RFC 5321
+    §2.4 lets it only at its own risk) still names the same ticket.
+    """
     token = token_in_address(address, support_addresses)
-    return verify_token(secret, token, agents) if token is not None else None
+    return verify_token(secret, token.lower(), agents) if token is not None else None
 
 
 def _digest(secret: bytes, ticket_id: int, agent: str | None) -> str:
