@@ -51,24 +51,43 @@ def test_nothing_known_means_a_new_ticket() -> None:
     assert (result.ticket_id, result.via) == (None, "new ticket")
 
 
-def _threads_by_signal(messages: list[ParsedMail]) -> list[int]:
-    """Ticket per message when every message is processed in order, as supportd would."""
+NEW, REPLY = "new ticket", "In-Reply-To/References"
+
+
+def _tickets_in_order(messages: list[ParsedMail]) -> list[tuple[int, str]]:
+    """(ticket, why) per message, processed in order with a store's memory of Message-IDs:
+    a new ticket takes the next number, and an id stays with the first ticket that had it."""
     tickets_by_id: dict[str, int] = {}
-    result = []
-    for i, mail in enumerate(messages):
-        facts = ThreadFacts(None, dict(tickets_by_id), frozenset())
-        ticket = thread_message(mail, "x@y", facts, "Support").ticket_id or (i + 1)
+    result: list[tuple[int, str]] = []
+    opened = 0
+    for mail in messages:
+        found = thread_message(mail, "x@y", ThreadFacts(None, dict(tickets_by_id), frozenset()),
+                               "Support")
+        if found.ticket_id is None:
+            opened += 1
+        ticket = found.ticket_id or opened
         if mail.message_id:
             tickets_by_id.setdefault(mail.message_id, ticket)
-        result.append(ticket)
+        result.append((ticket, found.via))
     return result
 
 
-@pytest.mark.parametrize("name", ["thread.mbox", "thread2.mbox", "thread3.mbox"])
-def test_imaptest_reference_loops_and_duplicate_ids_do_not_hang(corpora: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "expected"), [
+    # b names a (and c, not seen yet), c names b: the reference loop is one ticket, and ends.
+    ("thread.mbox", [(1, NEW), (1, REPLY), (1, REPLY)]),
+    # The same Message-ID twice and nothing referenced: a reused id is not a reply.
+    ("thread2.mbox", [(1, NEW), (2, NEW)]),
+    # "Re: foo" with neither references nor our tag: never threaded by the subject alone.
+    ("thread3.mbox", [(1, NEW), (2, NEW)]),
+    # A reply to a parent never seen (<c@b>; <a@b> for two mails without an id): nothing to join.
+    ("thread4.mbox", [(1, NEW), (2, NEW)]),
+    ("thread6.mbox", [(1, NEW), (2, NEW)]),
+    # An In-Reply-To tree: every reply, however deep, joins the first mail's ticket.
+    ("thread5.mbox", [(1, NEW), (1, REPLY), (1, REPLY), (1, REPLY), (1, REPLY)]),
+    # A duplicate Message-ID inside a thread joins by what it references, like the first.
+    ("thread7.mbox", [(1, NEW), (1, REPLY), (1, REPLY), (1, REPLY)]),
+])
+def test_imaptest_threads_become_tickets_by_what_they_reference(
+        corpora: Path, name: str, expected: list[tuple[int, str]]) -> None:
     box = mailbox.mbox(corpora / "imaptest-thread" / "src" / "tests" / name, create=False)
-    messages = [parse_mail(m.as_bytes()) for m in box]
-    tickets = _threads_by_signal(messages)
-    assert len(tickets) == len(messages)
-    # A reply always lands in a ticket that an earlier message opened.
-    assert all(t <= i + 1 for i, t in enumerate(tickets))
+    assert _tickets_in_order([parse_mail(m.as_bytes()) for m in box]) == expected
