@@ -21,7 +21,7 @@ from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
 from supportd.outbound.templates import load_renderer
-from supportd.store.sqlite import Store
+from supportd.store.api import open_store
 from supportd.systemd import Notifier, listen_sockets, watchdog_interval
 from supportd.web.monitoring import monitoring_app, read_counts, serve_monitoring
 from supportd.worker import WorkerProcess
@@ -74,7 +74,7 @@ class Supportd:
 
     async def run(self) -> None:
         load_renderer(self.config)  # broken templates stop the start here, with exit code 2
-        self.store = await Store.open(self.config.store_path)  # migrated before the worker
+        self.store = await open_store(self.config.store_path)  # migrated before the worker
         tasks: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
         web_runner = None
@@ -171,7 +171,7 @@ class Supportd:
                 log.error("reload rejected, old config kept: %s", error)
         else:
             self.apply(config)
-            self.worker.reload()  # it reads the file again itself
+            self.worker.reload(config)
             log.info("reloaded %s: %d agents, %d groups, support at %s", path,
                      len(config.agents), len(config.groups), ", ".join(config.support.addresses))
         self.notifier.ready(await self.status_line())

@@ -1,6 +1,7 @@
-"""CLI: `supportd run | check-config | tickets | show | replay | imap-check`, each with --help.
+"""CLI: `supportd run | check-config | tickets | show | ticket | replay | imap-check | worker`.
 
-`supportd worker` is the process `run` starts for processing and outbound mail.
+Each has --help. `supportd worker` is the process `run` starts for processing and outbound
+mail; `--standalone`, one more beside a daemon on the same store.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from supportd.clock import SystemClock
 from supportd.config import Config, ConfigInvalid, load_config
 from supportd.intake.imap import check_mailbox
 from supportd.logs import configure_logging
-from supportd.outbound.templates import Renderer, load_renderer
-from supportd.store.sqlite import Store
-from supportd.tickets.model import Status
+from supportd.outbound.templates import load_renderer
+from supportd.store.api import StoreUnavailable, open_store
+from supportd.tickets.decide import TicketEvent
+from supportd.tickets.model import Priority, Status
 from supportd.tickets.service import TicketService
 from supportd.worker import run_worker
 
@@ -43,13 +45,28 @@ def main(argv: list[str] | None = None) -> int:
                                     "systemd (Type=notify) it reports READY, STATUS and "
                                     "WATCHDOG and logs with journald priorities.")
     worker = commands.add_parser(
-        "worker", help="(started by `run`) process mail and send what it queues",
+        "worker", help="process mail and send what it queues (`run` starts one)",
         description="The worker process that `supportd run` starts: it processes inbox mail "
-                    "into tickets and sends the mail that queues. It exits with the daemon "
-                    "that started it; there is no need to run it by hand.")
-    worker.add_argument("--socket-fd", type=int, required=True,
-                        help="the Unix socket shared with the daemon")
-    worker.add_argument("--parent-pid", type=int, required=True, help="the daemon's pid")
+                    "into tickets and sends the mail that queues, and exits with the daemon "
+                    "that started it. With --standalone it runs on its own beside a daemon "
+                    "on the same store, to process and send more at once: each inbox row "
+                    "and each mail is claimed by one worker. SIGHUP reloads its config.")
+    own = worker.add_mutually_exclusive_group(required=True)
+    own.add_argument("--socket-fd", type=int, help="(from `run`) the socket to the daemon")
+    own.add_argument("--standalone", action="store_true", help="run without a daemon")
+    worker.add_argument("--parent-pid", type=int, help="(from `run`) the daemon's pid")
+    change = commands.add_parser(
+        "ticket", help="change a ticket: status, assignee, group, priority, note",
+        description="Change one ticket as an agent would by mail, through the same rules: "
+                    "an illegal status move or an unknown agent or group changes nothing and "
+                    "says why (exit 1). The customer hears of a move to pending or solved.")
+    change.add_argument("ticket", type=int)
+    change.add_argument("--status", choices=[s.value for s in Status if s != Status.NEW])
+    change.add_argument("--assign", metavar="AGENT", help="an agent's address")
+    change.add_argument("--group")
+    change.add_argument("--priority", choices=[p.value for p in Priority])
+    change.add_argument("--note", help="an internal note, never sent to the customer")
+    change.add_argument("--by", default="operator", help="who is acting (the event's actor)")
     commands.add_parser("check-config", help="check the config file and templates",
                         description="Check the config file and the templates; print every "
                                     "error with file, key and reason; exit 2 if any.")
@@ -72,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     replay = commands.add_parser(
         "replay", help="process failed inbox mail again",
         description="Run failed inbox mail through processing again, after a fix. The raw "
-                    "mail was kept; queued replies are sent by the running daemon.")
+                    "mail was kept; queued replies are sent by the running daemon. With "
+                    "--failed, outbound mail that failed (a broken template, a refused "
+                    "delivery) is queued to be sent again too.")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("inbox_id", nargs="?", type=int, help="one inbox row")
     which.add_argument("--failed", action="store_true", help="every failed inbox row")
@@ -95,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     actions: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "run": lambda: _run(config),
         "worker": lambda: _worker(config, args.socket_fd, args.parent_pid),
+        "ticket": lambda: change_ticket(config, TicketEvent(
+            ticket_id=args.ticket, actor=args.by,
+            status=Status(args.status) if args.status else None, assignee=args.assign,
+            group=args.group, priority=Priority(args.priority) if args.priority else None,
+            note=args.note)),
         "tickets": lambda: list_tickets(config, args.status, args.group, args.assignee,
                                         args.limit),
         "show": lambda: show_ticket(config, args.ticket),
@@ -105,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     return uvloop.run(actions[args.command]())
 
 
-async def _worker(config: Config, socket_fd: int, parent_pid: int) -> int:
+async def _worker(config: Config, socket_fd: int | None, parent_pid: int | None) -> int:
     await run_worker(config, socket_fd=socket_fd, parent_pid=parent_pid)
     return 0
 
@@ -140,7 +164,7 @@ def check_config(path: Path) -> int:
 
 async def list_tickets(config: Config, status: str | None, group: str | None,
                        assignee: str | None, limit: int) -> int:
-    store = await Store.open(config.store_path)
+    store = await open_store(config.store_path)
     try:
         rows = await store.tickets(status=status, group=group, assignee=assignee, limit=limit)
     finally:
@@ -155,7 +179,7 @@ async def list_tickets(config: Config, status: str | None, group: str | None,
 
 
 async def show_ticket(config: Config, ticket_id: int) -> int:
-    store = await Store.open(config.store_path)
+    store = await open_store(config.store_path)
     try:
         ticket = await store.ticket(ticket_id)
         if ticket is None:
@@ -164,7 +188,7 @@ async def show_ticket(config: Config, ticket_id: int) -> int:
         people = await store.participants(ticket_id)
         messages = await store.messages(ticket_id)
         events = await store.events(ticket_id)
-        outbox = await store.outbox(ticket_id)
+        effects = await store.effects(ticket_id)
     finally:
         await store.close()
     print(f"Ticket #{ticket.id}: {ticket.subject}")
@@ -180,10 +204,29 @@ async def show_ticket(config: Config, ticket_id: int) -> int:
     for e in events:
         print(f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:24} {e.kind:16} {e.detail}")
     print("\nOutbound mail:")
-    for o in outbox:
-        error = f" ({o.last_error})" if o.last_error else ""
-        print(f"  {o.kind:16} to {o.rcpt_to:28} {o.state}{error}")
+    for effect in (e for e in effects if e.kind == "mail"):
+        error = f" ({effect.last_error})" if effect.last_error else ""
+        state = "sent" if effect.state == "done" else effect.state
+        print(f"  {effect.payload['template']:16} to {effect.payload['headers']['to']:28} "
+              f"{state}{error}")
     return 0
+
+
+async def change_ticket(config: Config, event: TicketEvent) -> int:
+    store = await open_store(config.store_path)
+    try:
+        plan = await TicketService(config, store, SystemClock()).change(event)
+    except StoreUnavailable as unavailable:
+        print(f"ticket #{event.ticket_id}: the store cannot write now: {unavailable}",
+              file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    for error in plan.errors:
+        print(f"ticket #{event.ticket_id}: {error.line}: {error.message}", file=sys.stderr)
+    if not plan.errors:
+        print(plan.summary)
+    return 1 if plan.errors else 0
 
 
 async def imap_check_command(config: Config, name: str | None) -> int:
@@ -194,7 +237,7 @@ async def imap_check_command(config: Config, name: str | None) -> int:
         return 2
     positions = {}
     if config.store_path.exists():  # never create the store just to look
-        store = await Store.open(config.store_path)
+        store = await open_store(config.store_path)
         try:
             positions = {m.name: await store.imap_position(m.name) for m in mailboxes}
         finally:
@@ -214,10 +257,9 @@ async def imap_check_command(config: Config, name: str | None) -> int:
 
 
 async def replay_inbox(config: Config, inbox_id: int | None, *, every_failed: bool) -> int:
-    store = await Store.open(config.store_path)
+    store = await open_store(config.store_path)
     try:
-        service = TicketService(config, store, SystemClock(),
-                                Renderer(config.outbound.templates))
+        service = TicketService(config, store, SystemClock())
         ids = await store.inbox_ids("failed") if every_failed else [inbox_id or 0]
         failures = 0
         for one in ids:
@@ -232,6 +274,10 @@ async def replay_inbox(config: Config, inbox_id: int | None, *, every_failed: bo
             failures += outcome.failed
         if not ids:
             print("no failed inbox mail")
+        if every_failed:
+            mails = await store.requeue_failed("mail", SystemClock().now())
+            print(f"{mails} failed mail queued again" if mails == 1
+                  else f"{mails} failed mails queued again")
     finally:
         await store.close()
     return 1 if failures else 0

@@ -50,6 +50,8 @@ class SupportConfig:
     auto_mail_limit: int
     hmac_key: bytes
     trusted_authserv_ids: frozenset[str]
+    max_participants_per_mail: int = 20  # cc a mail may add; the rest are kept in it
+    notification_excerpt_bytes: int = 256 * 1024  # of the mail in an agent's notice
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supportd.store.sqlite import Counts
+from supportd.store.api import Counts
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)

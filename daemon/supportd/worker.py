@@ -9,21 +9,27 @@ is a SIGKILL of both), SIGTERM makes it stop after the batch and the mail in han
 makes it read the config again.
 
 The daemon and the worker share a Unix socket. Daemon to worker: `w` after a mail is
-stored (wake up), `m` for a metrics snapshot. Worker to daemon: each snapshot as its
-length, a newline, and the Prometheus text of the worker's counters.
+stored (wake up), `m` for a metrics snapshot, `r` and a pickled `Config` (its length, a
+newline, the bytes) after a reload the daemon has checked. Worker to daemon: each snapshot
+as its length, a newline, and the Prometheus text of the worker's counters.
+
+`supportd worker --standalone` runs the same runners without a daemon, beside it on the
+same store (more processing and sending on another machine or core): claims keep each
+inbox row and each mail with one runner; SIGHUP makes it read and check the config itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -31,20 +37,21 @@ from prometheus_client import generate_latest
 from supportd.clock import Clock, SystemClock
 from supportd.config import Config, ConfigInvalid, load_config
 from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS, WORKER_REGISTRY
-from supportd.outbound.outbox import OutboxWorker
+from supportd.outbound.outbox import OutboxWorker, runner_id
 from supportd.outbound.templates import load_renderer
 from supportd.outbound.transport import MaildirTransport, MxTransport, SmtpTransport, Transport
-from supportd.store.sqlite import InboxRow, Store
+from supportd.runner import POLL, Runner
+from supportd.store.api import Store, StoreUnavailable, open_store
 from supportd.tickets.service import TicketService
 
 log = logging.getLogger("supportd.worker")
 
-# Mails per processing transaction: one fsync for all, the write lock held at most about
-# BATCH_SECONDS, and only until the mail in hand is done when intake's commit (and the 250s
-# behind it) waits for the lock (Store.writer_wanted); raw mail in memory bounded.
+# Mails per claim and processing transaction: one fsync for all, the write lock held only
+# until the mail in hand is done when intake's commit (and the 250s behind it) waits for it
+# (Tx.others_waiting); raw mail in memory bounded.
 BATCH_MAILS = 50
 BATCH_BYTES = 8 * 1024 * 1024
-BATCH_SECONDS = 0.02
+LEASE = 120.0  # seconds claimed inbox rows are ours; parsing is bounded well below that
 
 # Variables that are the daemon's alone: the worker must not answer systemd as if it were it.
 DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -67,39 +74,35 @@ def make_transport(config: Config) -> Transport:
     return MaildirTransport(out.maildir)
 
 
-class Processor:
-    """Runs every new inbox row through the ticket service, oldest first, in batches."""
+class Processor(Runner):
+    """Claims new inbox rows, oldest first, and runs them through the ticket service."""
 
-    def __init__(self, store: Store, service: TicketService, outbox: OutboxWorker) -> None:
-        self.store, self.service, self.outbox = store, service, outbox
-        self.wake = asyncio.Event()
-        self.stopping = False
+    retryable = (StoreUnavailable,)  # a full disk must not stop the daemon
 
-    def stop(self) -> None:
-        """Return from run() once the batch in process now is committed (SIGTERM)."""
-        self.stopping = True
-        self.wake.set()
+    def __init__(self, store: Store, service: TicketService, clock: Clock,
+                 outbox: OutboxWorker) -> None:
+        super().__init__("processor")
+        self.store, self.service, self.clock, self.outbox = store, service, clock, outbox
+        self.claimer = runner_id("processor")
 
-    async def run(self) -> None:
-        while not self.stopping:
-            self.wake.clear()
-            rows: list[InboxRow] = []
-            while not self.stopping and (rows := rows or await self.store.new_inbox_rows(
-                    BATCH_MAILS, BATCH_BYTES)):
+    def reload(self, config: Config) -> None:
+        self.service = TicketService(config, self.store, self.clock)
+
+    async def step(self) -> float:
+        while not self.stopping and (rows := await self.store.claim_inbox(
+                self.claimer, now=self.clock.now(), lease=LEASE, limit=BATCH_MAILS,
+                max_bytes=BATCH_BYTES)):
+            while rows and not self.stopping:  # the claim lapses for rows left at a stop
                 started = time.perf_counter()
-                outcomes = await self.service.process_batch(rows, budget=BATCH_SECONDS)
-                if outcomes[0].retry:
-                    break  # the store cannot write now (disk full): try again after the wait
+                outcomes = await self.service.process_batch(rows)
                 rows = rows[len(outcomes):]
                 per_mail = (time.perf_counter() - started) / len(outcomes)
                 for outcome in outcomes:
                     PROCESSING_SECONDS.observe(per_mail)
                     MAILS_PROCESSED.labels("failed" if outcome.failed else "done").inc()
-                self.outbox.wake.set()
-            with contextlib.suppress(TimeoutError):
-                # The wake-up covers the daemon's intake; the timeout catches rows added by
-                # others (`supportd replay` in another process).
-                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                self.outbox.wake()
+        # The daemon wakes it for its intake; the poll catches rows others add (`replay`).
+        return POLL
 
 
 class WorkerProcess:
@@ -132,8 +135,11 @@ class WorkerProcess:
         if not self.stopping and not self._writer.is_closing():
             self._writer.write(b"w")
 
-    def reload(self) -> None:
-        self.process.send_signal(signal.SIGHUP)
+    def reload(self, config: Config) -> None:
+        """Hand the worker a config the daemon has checked."""
+        if not self.stopping and not self._writer.is_closing():
+            data = pickle.dumps(config)
+            self._writer.write(b"r%d\n%s" % (len(data), data))
 
     def stop(self) -> None:
         """Ask the worker to finish its batch and mail in hand, then exit (SIGTERM)."""
@@ -162,10 +168,14 @@ class WorkerProcess:
             return b""
 
 
-async def run_worker(config: Config, *, socket_fd: int, parent_pid: int,
+async def run_worker(config: Config, *, socket_fd: int | None, parent_pid: int | None,
                      clock: Clock | None = None) -> None:
-    """The worker process: until SIGTERM, or until the daemon that started it is gone."""
-    _die_with(parent_pid)
+    """The worker process: until SIGTERM, or until the daemon that started it is gone.
+
+    Without a daemon (`socket_fd` None: standalone) it also stops on SIGTERM, and SIGHUP
+    makes it read and check the config file itself."""
+    if parent_pid is not None:
+        _die_with(parent_pid)
     try:
         os.nice(WORKER_NICENESS)
     except OSError as error:  # e.g. a seccomp filter without setpriority(2)
@@ -173,56 +183,69 @@ async def run_worker(config: Config, *, socket_fd: int, parent_pid: int,
                     WORKER_NICENESS, error)
     # Signals first: a SIGTERM while starting is a clean stop once started.
     stopping = asyncio.Event()
-    reloads: asyncio.Queue[None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     clock = clock or SystemClock()
-    store = await Store.open(config.store_path)
-    outbox = OutboxWorker(store=store, transport=make_transport(config), clock=clock,
+    store = await open_store(config.store_path)
+    outbox = OutboxWorker(store=store, transport=make_transport(config),
+                          renderer=load_renderer(config), clock=clock,
                           max_attempts=config.outbound.max_attempts)
-    processor = Processor(store, TicketService(config, store, clock, load_renderer(config)),
-                          outbox)
-    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=socket_fd))
+    processor = Processor(store, TicketService(config, store, clock), clock, outbox)
+
+    def reload(fresh: Config) -> None:
+        processor.reload(fresh)
+        outbox.reload(fresh, transport=make_transport(fresh), renderer=load_renderer(fresh))
+        log.info("worker reloaded %s", fresh.path)
+
+    def reload_file() -> None:
+        try:
+            reload(load_config(config.path))
+        except ConfigInvalid as invalid:
+            for error in invalid.errors:
+                log.error("reload rejected, old config kept: %s", error)
 
     async def stop() -> None:
         await stopping.wait()
         processor.stop()
         outbox.stop()
 
-    async def reload() -> None:
-        nonlocal config
-        while True:
-            await reloads.get()
-            try:
-                fresh = load_config(config.path)
-                renderer = load_renderer(fresh)
-            except ConfigInvalid as invalid:  # the daemon logs the same errors: say it once
-                log.debug("reload rejected: %s", invalid)
-                continue
-            config = fresh
-            processor.service = TicketService(config, store, clock, renderer)
-            outbox.transport = make_transport(config)
-            outbox.max_attempts = config.outbound.max_attempts
-
-    async def listen() -> None:
-        while data := await reader.read(4096):
-            if b"w" in data:
-                processor.wake.set()
-            for _ in range(data.count(b"m")):
-                snapshot = generate_latest(WORKER_REGISTRY)
-                writer.write(b"%d\n%s" % (len(snapshot), snapshot))
-        stopping.set()  # the daemon closed its end: it is stopping or gone
-
-    helpers = [asyncio.create_task(job()) for job in (stop, reload, listen)]
+    helpers = [asyncio.create_task(stop())]
+    writer = None
+    if socket_fd is None:
+        loop.add_signal_handler(signal.SIGHUP, reload_file)
+    else:
+        # SIGHUP goes to the daemon, which checks the config and hands it over (`r`).
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=socket_fd))
+        helpers.append(asyncio.create_task(
+            _listen(reader, writer, processor=processor, reload=reload, stopping=stopping)))
     try:
         await asyncio.gather(processor.run(), outbox.run())
     finally:
         for helper in helpers:
             helper.cancel()
-        writer.close()
+        if writer is not None:
+            writer.close()
         await store.close()
+
+
+async def _listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                  processor: Processor, reload: Callable[[Config], None],
+                  stopping: asyncio.Event) -> None:
+    """The daemon's messages: `w` (wake), `m` (metrics), `r<size>\n<pickled Config>`."""
+    try:
+        while command := await reader.read(1):
+            if command == b"w":
+                processor.wake()
+            elif command == b"m":
+                snapshot = generate_latest(WORKER_REGISTRY)
+                writer.write(b"%d\n%s" % (len(snapshot), snapshot))
+            elif command == b"r":
+                size = int(await reader.readline())
+                reload(pickle.loads(await reader.readexactly(size)))  # our own daemon's
+    finally:
+        stopping.set()  # the daemon closed its end: it is stopping or gone
 
 
 def _die_with(parent_pid: int) -> None:

@@ -117,29 +117,30 @@ def test_lmtp_answers_once_per_recipient(tmp_path: Path) -> None:
         d.stop()
 
 
-def test_failed_processing_keeps_the_mail_and_replay_runs_it_again(
+def test_a_mail_whose_template_fails_is_held_and_replay_sends_it(
     tmp_path: Path, copied_templates: Path
 ) -> None:
-    """A site's template names a value that does not exist: processing fails, nothing is lost."""
+    """A site's template names a value that does not exist: the ticket is made, the mail that
+    cannot be rendered is held as failed with the error, and sent after a fix and a replay."""
     good = (copied_templates / "acknowledgement.txt.j2").read_text()
     (copied_templates / "acknowledgement.txt.j2").write_text(good + "{{ ticket.nonexistent }}\n")
     d = Daemon(tmp_path, free_port(), templates=copied_templates)
     d.start()
     try:
         d.send(mail(message_id="<fails@customer.example>"))
-        wait_for(lambda: d.query("SELECT state FROM inbox")[0]["state"] == "failed",
-                 what="the inbox row to fail")
-        [row] = d.query("SELECT * FROM inbox")
-        assert "nonexistent" in row["error"]
-        assert b"fails@customer.example" in row["raw"]
-        assert d.query("SELECT count(*) AS n FROM tickets")[0]["n"] == 0  # nothing half-written
+        wait_for(lambda: d.query("SELECT 1 FROM outbox WHERE state = 'failed'"),
+                 what="the acknowledgement to fail")
+        [held] = d.query("SELECT * FROM outbox WHERE state = 'failed'")
+        assert held["kind"] == "acknowledgement" and "nonexistent" in held["last_error"]
+        assert d.query("SELECT state FROM inbox")[0]["state"] == "done"
+        assert [m["To"] for m in d.new_mail(1)] == ["alice@example.com"]  # the rest goes out
 
         (copied_templates / "acknowledgement.txt.j2").write_text(good)
         replay = d.cli("replay", "--failed")
 
         assert replay.returncode == 0, replay.stderr
-        assert "ticket #1" in replay.stdout
-        acks = [m for m in d.new_mail(2) if m["To"] == "carol@customer.example"]
-        assert "ticket #1" in body_text(acks[0])
+        assert "1 failed mail queued again" in replay.stdout
+        [ack] = d.new_mail(1)
+        assert ack["To"] == "carol@customer.example" and "ticket #1" in body_text(ack)
     finally:
         d.stop()

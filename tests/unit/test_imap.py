@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from supportd.config import ConfigInvalid, load_config
-from supportd.intake.imap import BACKOFF_MAX, backoff_delay, fetched_mails, uid_set
+from supportd.intake.imap import fetched_mails, uid_set
+from supportd.runner import BACKOFF_MAX, backoff_delay
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = (REPO / "supportd.toml").read_text()

@@ -9,10 +9,10 @@ import pytest
 
 from supportd.clock import FixedClock
 from supportd.config import load_config
-from supportd.mail.parse import ParsedMail
-from supportd.outbound.templates import Renderer
-from supportd.store.sqlite import InboxRow, Store, Tx
-from supportd.tickets.service import Outcome, TicketService
+from supportd.store.api import InboxRow, Tx
+from supportd.store.sqlite import SqliteStore as Store
+from supportd.tickets.decide import Plan
+from supportd.tickets.service import TicketService
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -46,23 +46,23 @@ async def open_service(tmp_path: Path) -> tuple[Store, TicketService, list[Inbox
         await store.accept(raw_mail(n), key=f"mid:{n}@customer.example", source="smtp",
                            mail_from=f"carol{n}@customer.example",
                            rcpt_to=["support@example.com"], at=clock.now())
-    rows = await store.new_inbox_rows(50, 1_000_000)
-    return store, TicketService(config, store, clock, Renderer(config.outbound.templates)), rows
+    rows = await store.claim_inbox("test", now=clock.now(), lease=60, limit=50,
+                                   max_bytes=1_000_000)
+    return store, TicketService(config, store, clock), rows
 
 
 async def test_a_mail_that_raises_is_undone_alone_and_marked_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, service, rows = await open_service(tmp_path)
-    apply = TicketService._apply
+    apply = TicketService.apply
 
-    def apply_then_fail_on_the_second(self: TicketService, tx: Tx, row: InboxRow,
-                                      mail: ParsedMail) -> Outcome:
-        outcome = apply(self, tx, row, mail)  # writes its ticket, message, outbox rows
-        if row.id == rows[1].id:
+    def apply_then_fail_on_the_second(self: TicketService, tx: Tx, plan: Plan) -> int:
+        ticket_id = apply(self, tx, plan)  # writes its ticket, message, outbox rows
+        if plan.message is not None and plan.message.inbox_id == rows[1].id:
             raise RuntimeError("a bug met by this mail only")
-        return outcome
+        return ticket_id
 
-    monkeypatch.setattr(TicketService, "_apply", apply_then_fail_on_the_second)
+    monkeypatch.setattr(TicketService, "apply", apply_then_fail_on_the_second)
     outcomes = await service.process_batch(rows)
 
     assert [o.failed for o in outcomes] == [False, True, False]
@@ -79,14 +79,13 @@ async def test_a_mail_that_raises_is_undone_alone_and_marked_failed(
     await store.close()
 
 
-async def test_a_spent_budget_ends_the_batch_after_the_mails_done_so_far(tmp_path: Path) -> None:
+async def test_a_row_done_since_it_was_read_is_left_alone(tmp_path: Path) -> None:
+    """Two runners that both hold a row (one's lease ran out) apply it once."""
     store, service, rows = await open_service(tmp_path)
-
-    first = await service.process_batch(rows, budget=0.0)
-    assert [o.inbox_id for o in first] == [rows[0].id]  # at least one, then the budget ends it
-    rest = await service.process_batch(rows[1:])
-    assert [o.inbox_id for o in rest] == [rows[1].id, rows[2].id]
-    assert not await store.new_inbox_rows(50, 1_000_000)
-    again = await service.process_batch(rows)  # a row done since it was read is left alone
+    first = await service.process_batch(rows)
+    assert [o.inbox_id for o in first] == [r.id for r in rows]
+    again = await service.process_batch(rows)
     assert [o.summary for o in again] == ["already processed"] * 3
+    tickets = await store._all("SELECT count(*) FROM tickets", ())
+    assert tickets[0][0] == 3
     await store.close()

@@ -16,11 +16,9 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aioimaplib
@@ -28,13 +26,13 @@ import aioimaplib
 from supportd.clock import Clock
 from supportd.config import ImapConfig
 from supportd.mail.parse import dedupe_key
-from supportd.store.sqlite import ImapPosition, Store
+from supportd.runner import Runner
+from supportd.store.api import ImapPosition, Store
 
 log = logging.getLogger("supportd.intake.imap")
 T = TypeVar("T")
 
 COMMAND_TIMEOUT = 60.0
-BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_UID = re.compile(rb"\d+ FETCH \(.*\bUID (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
@@ -42,16 +40,6 @@ _LITERAL = re.compile(rb"\{(\d+)\}$")
 
 class ImapError(Exception):
     """The server refused a command or the connection broke; the watcher reconnects."""
-
-
-def backoff_delay(failures: int, jitter: float) -> float:
-    """Seconds before reconnect number `failures` (1, 2, ...): doubling, capped, jittered.
-
-    `jitter` is a number in [0, 1); the delay is spread over its upper half so that several
-    watchers cut off together do not come back in step.
-    """
-    ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
-    return ceiling * (0.5 + jitter / 2)
 
 
 def uid_set(uids: Iterable[int]) -> str:
@@ -289,49 +277,39 @@ class ImapSession:
             transport.close()
 
 
-@dataclass
-class MailboxWatcher:
-    """Drains one [[imap]] mailbox into the inbox, then IDLEs or polls; reconnects forever."""
+class MailboxWatcher(Runner):
+    """Drains one [[imap]] mailbox into the inbox, then IDLEs or polls; reconnects forever.
 
-    config: ImapConfig
-    store: Store
-    clock: Clock
-    on_accept: Callable[[], None]
-    jitter: Callable[[], float] = random.random
-    failures: int = 0
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    A step is one connection, watched until it breaks or the watcher stops; any failure
+    is a reconnect after the runners' backoff. stop() returns once the batch in hand is
+    stored and moved or flagged. Changed [[imap]] settings take effect at a restart."""
+
+    retryable = (Exception,)
+    retrying = "reconnecting"
+
+    def __init__(self, config: ImapConfig, store: Store, clock: Clock, *,
+                 on_accept: Callable[[], None]) -> None:
+        super().__init__(f"imap={config.name}")
+        self.config, self.store, self.clock, self.on_accept = config, store, clock, on_accept
 
     @property
     def source(self) -> str:
         return f"imap:{self.config.name}"
 
-    def stop(self) -> None:
-        """Return from run() once the batch in hand is stored and moved or flagged."""
-        self.stopping.set()
-
-    async def run(self) -> None:
+    async def step(self) -> float:
         c = self.config
-        while not self.stopping.is_set():
-            log.info("imap=%s connecting to %s:%d (tls %s)", c.name, c.host, c.port, c.tls)
-            session: ImapSession | None = None
-            try:
-                session = await ImapSession.open(c)
-                await self._watch(session)
-            except Exception as error:  # any failure: back off and start over
-                self.failures += 1
-                delay = backoff_delay(self.failures, self.jitter())
-                log.warning("imap=%s %s: %s; reconnecting in %.1fs (attempt %d)", c.name,
-                            type(error).__name__, error, delay, self.failures)
-                await self._unless_stopped(asyncio.sleep(delay))
-            finally:
-                if session is not None:
-                    await session.logout()
-        log.info("imap=%s stopped", c.name)
+        log.info("imap=%s connecting to %s:%d (tls %s)", c.name, c.host, c.port, c.tls)
+        session = await ImapSession.open(c)
+        try:
+            await self._watch(session)
+        finally:
+            await session.logout()
+        return 0.0
 
     async def _unless_stopped(self, step: Awaitable[None]) -> None:
         """Await `step`, or cancel it when stop() is called first."""
         task = asyncio.ensure_future(step)
-        stopped = asyncio.ensure_future(self.stopping.wait())
+        stopped = asyncio.ensure_future(self.stopped.wait())
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if task.done():
@@ -357,7 +335,7 @@ class MailboxWatcher:
                  c.name, c.folder, exists, uidvalidity, position.last_uid,
                  f"IDLE, renewed every {c.idle_renew:.0f}s" if idle else
                  f"no IDLE: polling every {c.poll_interval:.0f}s")
-        while not self.stopping.is_set():
+        while not self.stopping:
             position = await self._drain(session, position)
             self.failures = 0
             await self._unless_stopped(session.idle(c.idle_renew) if idle
@@ -390,7 +368,7 @@ class MailboxWatcher:
             await self.store.set_imap_position(c.name, position)
             if len(uids) > c.batch_size:
                 log.info("imap=%s drained %d of %d", c.name, start + len(batch), len(uids))
-            if self.stopping.is_set():
+            if self.stopping:
                 break
         return position
 

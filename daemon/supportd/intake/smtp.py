@@ -21,7 +21,7 @@ from supportd.intake.sessions import Sessions
 from supportd.mail.addresses import Addresses
 from supportd.mail.parse import dedupe_key
 from supportd.metrics import MAILS_RECEIVED
-from supportd.store.sqlite import Store
+from supportd.store.api import Store
 
 log = logging.getLogger("supportd.intake")
 

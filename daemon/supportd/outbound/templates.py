@@ -41,6 +41,10 @@ class Renderer:
             loader=loader, undefined=jinja2.StrictUndefined, autoescape=True, auto_reload=False,
         )
 
+    def fresh(self) -> Renderer:
+        """The same folder's templates, read again."""
+        return Renderer(self.folder)
+
     def render(self, kind: str, context: dict[str, Any]) -> Rendered:
         return Rendered(
             text=self._text.get_template(f"{kind}.txt.j2").render(context),

@@ -2,7 +2,7 @@
 
 SQLite has one writer. Every write transaction is one call on the writer thread, over a
 plain sqlite3 connection of its own (`Store.write`: lock, BEGIN, the work as synchronous
-`Tx` statements, COMMIT), so a transaction is one thread hop however many statements it
+`SqliteTx` statements, COMMIT), so a transaction is one thread hop however many statements it
 runs, and it never holds the lock across event-loop turns. `accept` is group commit: inbox
 rows that arrive while a commit is in flight are written together in the next one, so
 concurrent SMTP sessions share one fsync (synchronous=FULL: a commit is on disk before
@@ -10,28 +10,43 @@ concurrent SMTP sessions share one fsync (synchronous=FULL: a commit is on disk 
 (see `_commit_arrivals`). All writers, in this and other processes (the worker, `supportd replay`),
 take an flock on `<store>.lock` before BEGIN: the kernel wakes the next writer the moment it
 is released, where SQLite's busy handler polls with sleeps of up to 100 ms. Reads that are
-not part of a write (the CLI, counts, the next batch of inbox rows) go through aiosqlite.
+not part of a write (the CLI, counts) go through aiosqlite. This module implements
+`store.api`; nothing outside `store/` imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import aiosqlite
 
+from supportd.store.api import (
+    Accepted,
+    Counts,
+    Effect,
+    EffectKind,
+    EffectRow,
+    EventRow,
+    ImapPosition,
+    InboxRow,
+    MessageRow,
+    StoreUnavailable,
+    Tx,
+)
 from supportd.tickets.model import Participant, Priority, Status, Ticket
 
 T = TypeVar("T")
@@ -47,98 +62,22 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-@dataclass(frozen=True)
-class Counts:
-    """What the daemon reports about itself: sd_notify STATUS, /metrics, /healthz."""
-
-    mails_since: int                         # inbox rows received since the given time
-    inbox_pending: dict[tuple[str, str], int]  # (source, state) -> rows not yet done
-    tickets: dict[str, int]                  # status -> tickets
-    outbox: dict[str, int]                   # queued | failed -> mails
-    next_mail_due: datetime | None           # the earliest queued mail's next attempt
-
-    @property
-    def open_tickets(self) -> int:
-        return sum(n for status, n in self.tickets.items() if status not in ("solved", "closed"))
-
-
-def store_unavailable(error: BaseException) -> bool:
+def _unavailable(error: BaseException) -> bool:
     """True when SQLite could not write for now (disk full, I/O error, locked): retry later."""
     name = getattr(error, "sqlite_errorname", "")
     return isinstance(error, sqlite3.OperationalError) and (
         name in ("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED") or name.startswith("SQLITE_IOERR"))
 
 
-@dataclass(frozen=True)
-class Accepted:
-    inbox_id: int
-    duplicate: bool
-
-
-@dataclass(frozen=True)
-class ImapPosition:
-    uidvalidity: int
-    last_uid: int
-
-
-@dataclass(frozen=True)
-class InboxRow:
-    id: int
-    received_at: datetime
-    source: str
-    mail_from: str | None
-    rcpt_to: tuple[str, ...]
-    raw: bytes
-    state: str
-    error: str | None
-    attempts: int
-    ticket_id: int | None
-
-
-@dataclass(frozen=True)
-class QueuedMail:
-    """An outbound mail row: rendered once, in the transaction that decided to send it."""
-
-    ticket_id: int | None
-    kind: str
-    automatic: bool
-    mail_from: str
-    rcpt_to: str
-    message_id: str
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    ticket_id: int | None
-    kind: str
-    mail_from: str
-    rcpt_to: str
-    message_id: str
-    raw: bytes
-    state: str
-    attempts: int
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    id: int
-    kind: str
-    author: str
-    subject: str
-    body: str
-    created_at: datetime
-    attachments: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EventRow:
-    at: datetime
-    actor: str
-    kind: str
-    detail: str
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's "cannot write now" errors as the interface's one StoreUnavailable."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        if _unavailable(error):
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+        raise
 
 
 @dataclass(frozen=True)
@@ -153,12 +92,12 @@ class _Arrival:
 
 
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000")
-# Read both inside write transactions (Tx) and outside them (Store, for the CLI).
+# Read both inside write transactions (SqliteTx) and outside them (Store, for the CLI).
 _TICKET = "SELECT * FROM tickets WHERE id = ?"
 _PARTICIPANTS = "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid"
 
 
-class Store:
+class SqliteStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db  # reads
         self._arrivals: list[_Arrival] = []
@@ -176,7 +115,7 @@ class Store:
         self.lock_wait_seconds = 0.0
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = sqlite3.Row
@@ -214,6 +153,10 @@ class Store:
                 )
 
     async def write(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` as one write transaction (see `_write`)."""
+        return await self._write(work)
+
+    async def _write(self, work: Callable[[SqliteTx], T]) -> T:
         """Run `work` as one write transaction on the writer thread and return its result.
 
         It commits when `work` returns and rolls back when it raises; the lock is held only
@@ -223,11 +166,15 @@ class Store:
             return await asyncio.get_running_loop().run_in_executor(
                 self._writer_thread, self._transaction, work)
 
-    def _transaction(self, work: Callable[[Tx], T]) -> T:
+    def _transaction(self, work: Callable[[SqliteTx], T]) -> T:
         """In the writer thread: lock, BEGIN, the work, COMMIT, unlock."""
+        with _translated():
+            return self._run_transaction(work)
+
+    def _run_transaction(self, work: Callable[[SqliteTx], T]) -> T:
         self._begin()
         try:
-            result = work(Tx(self._writer))
+            result = work(SqliteTx(self._writer, self.writer_wanted))
         except BaseException:
             self._end(commit=False)
             raise
@@ -274,7 +221,8 @@ class Store:
         self.lock_wait_seconds += time.perf_counter() - started
 
     def writer_wanted(self) -> bool:
-        """Whether another writer (intake's commit, in the daemon) is waiting for the lock."""
+        """Whether another writer (intake's commit, in the daemon) is waiting for the lock
+        (`SqliteTx.others_waiting`)."""
         if _try_lock(self._wanted_lock):
             fcntl.flock(self._wanted_lock, fcntl.LOCK_UN)
             return False
@@ -314,11 +262,15 @@ class Store:
         on the writer thread; the inserts, microseconds each, on the event loop: a thread hop
         per insert waits each time for the busy loop to hand back the GIL (measured at about
         0.4 ms an insert under load, against 45 us unloaded)."""
+        with _translated():
+            return await self._commit_arrivals_once(batch)
+
+    async def _commit_arrivals_once(self, batch: list[_Arrival]) -> list[Accepted]:
         loop = asyncio.get_running_loop()
         async with self._writing:
             await loop.run_in_executor(self._writer_thread, self._begin)
             try:
-                results = Tx(self._writer).insert_inbox(batch)
+                results = SqliteTx(self._writer, self.writer_wanted).insert_inbox(batch)
             except BaseException:
                 self._end(commit=False)
                 raise
@@ -336,24 +288,13 @@ class Store:
             "SELECT id FROM inbox WHERE state = ? AND state != 'done' ORDER BY id LIMIT ?",
             (state, limit))]
 
-    async def new_inbox_rows(self, limit: int, max_bytes: int) -> list[InboxRow]:
-        """The oldest `new` rows, at most `limit` and about `max_bytes` of mail (at least one)."""
-        # "state != 'done'" lets SQLite use the partial index inbox_pending, which it cannot
-        # infer from "state = 'new'": without it every batch scans all the inbox kept so far.
-        sizes = await self._all("SELECT id, length(raw) FROM inbox WHERE state = 'new' "
-                                "AND state != 'done' ORDER BY id LIMIT ?", (limit,))
-        ids: list[int] = []
-        total = 0
-        for inbox_id, size in sizes:
-            if ids and total + size > max_bytes:
-                break
-            ids.append(inbox_id)
-            total += size
-        if not ids:
-            return []
-        rows = await self._all(f"SELECT * FROM inbox WHERE id IN ({','.join('?' * len(ids))}) "
-                               "ORDER BY id", tuple(ids))
-        return [_inbox_row(r) for r in rows]
+    async def claim_inbox(self, runner: str, *, now: datetime, lease: float, limit: int,
+                          max_bytes: int) -> list[InboxRow]:
+        """The oldest new rows nobody holds, about `max_bytes` of mail (at least one), now
+        held by `runner` until `lease` seconds from `now`."""
+        return await self._write(partial(_claim_inbox, runner=runner, now=timestamp(now),
+                                        until=timestamp(now + timedelta(seconds=lease)),
+                                        limit=limit, max_bytes=max_bytes))
 
     async def inbox_row(self, inbox_id: int) -> InboxRow | None:
         rows = await self._all("SELECT * FROM inbox WHERE id = ?", (inbox_id,))
@@ -365,22 +306,48 @@ class Store:
         return ImapPosition(rows[0][0], rows[0][1]) if rows else None
 
     async def set_imap_position(self, mailbox: str, position: ImapPosition) -> None:
-        await self.write(lambda tx: tx.execute(
+        await self._write(lambda tx: tx._run(
             "INSERT INTO imap_positions (mailbox, uidvalidity, last_uid) VALUES (?, ?, ?) "
             "ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
             "last_uid = excluded.last_uid", (mailbox, position.uidvalidity, position.last_uid)))
 
-    # -- outbox ------------------------------------------------------------------------
+    # -- effects -----------------------------------------------------------------------
 
-    async def due_mail(self, now: datetime, limit: int = 50) -> list[OutboxRow]:
-        rows = await self._all(
-            "SELECT * FROM outbox WHERE state = 'queued' AND next_attempt_at <= ? "
-            "ORDER BY id LIMIT ?", (timestamp(now), limit))
-        return [_outbox_row(r) for r in rows]
+    async def claim_due(self, kind: EffectKind, runner: str, *, now: datetime, lease: float,
+                        limit: int = 50) -> list[EffectRow]:
+        """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`."""
+        at, until = timestamp(now), timestamp(now + timedelta(seconds=lease))
 
-    async def next_mail_due(self) -> datetime | None:
+        def claim(tx: SqliteTx) -> list[EffectRow]:
+            rows = tx._all(
+                "UPDATE effects SET claimed_by = ?, lease_until = ? WHERE id IN ("
+                "SELECT id FROM effects WHERE kind = ? AND state = 'queued' AND due_at <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING *",
+                (runner, until, kind, at, at, limit))
+            return sorted((_effect_row(r) for r in rows), key=lambda e: e.id)
+        return await self._write(claim)
+
+    async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None:
+        await self._write(lambda tx: tx._run(
+            "UPDATE effects SET state = 'done', done_at = ?, attempts = attempts + 1, "
+            "last_error = NULL, claimed_by = NULL, lease_until = NULL WHERE id = ?",
+            (timestamp(at), effect_id)))
+
+    async def effect_retry(self, effect_id: int, runner: str, error: str, next_at: datetime,
+                           *, give_up: bool) -> None:
+        await self._write(lambda tx: tx._run(
+            "UPDATE effects SET attempts = attempts + 1, last_error = ?, due_at = ?, "
+            "state = ?, claimed_by = NULL, lease_until = NULL WHERE id = ?",
+            (error, timestamp(next_at), "failed" if give_up else "queued", effect_id)))
+
+    async def requeue_failed(self, kind: EffectKind, now: datetime) -> int:
+        return await self._write(lambda tx: tx._run(
+            "UPDATE effects SET state = 'queued', due_at = ?, attempts = 0 "
+            "WHERE kind = ? AND state = 'failed'", (timestamp(now), kind)).rowcount)
+
+    async def next_due(self, kind: EffectKind) -> datetime | None:
         rows = await self._all(
-            "SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'", ())
+            "SELECT min(due_at) FROM effects WHERE kind = ? AND state = 'queued'", (kind,))
         return parse_timestamp(rows[0][0]) if rows and rows[0][0] else None
 
     async def counts(self, since: datetime) -> Counts:
@@ -390,24 +357,12 @@ class Store:
         pending = await self._all("SELECT source, state, count(*) FROM inbox "
                                   "WHERE state != 'done' GROUP BY source, state", ())
         tickets = await self._all("SELECT status, count(*) FROM tickets GROUP BY status", ())
-        outbox = await self._all("SELECT state, count(*) FROM outbox WHERE state != 'sent' "
-                                 "GROUP BY state", ())
+        outbox = await self._all("SELECT state, count(*) FROM effects WHERE kind = 'mail' "
+                                 "AND state != 'done' GROUP BY state", ())
         return Counts(
             mails_since=mails[0][0], inbox_pending={(r[0], r[1]): r[2] for r in pending},
             tickets={r[0]: r[1] for r in tickets}, outbox={r[0]: r[1] for r in outbox},
-            next_mail_due=await self.next_mail_due())
-
-    async def mark_sent(self, outbox_id: int, at: datetime) -> None:
-        await self.write(lambda tx: tx.execute(
-            "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-            "last_error = NULL WHERE id = ?", (timestamp(at), outbox_id)))
-
-    async def mark_retry(self, outbox_id: int, error: str, next_at: datetime,
-                         *, give_up: bool) -> None:
-        await self.write(lambda tx: tx.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
-            "state = ? WHERE id = ?",
-            (error, timestamp(next_at), "failed" if give_up else "queued", outbox_id)))
+            next_mail_due=await self.next_due("mail"))
 
     # -- reading, for the CLI ----------------------------------------------------------
 
@@ -447,36 +402,58 @@ class Store:
         return [EventRow(parse_timestamp(r["at"]), r["actor"], r["kind"], r["detail"])
                 for r in rows]
 
-    async def outbox(self, ticket_id: int) -> list[OutboxRow]:
-        rows = await self._all("SELECT * FROM outbox WHERE ticket_id = ? ORDER BY id",
+    async def effects(self, ticket_id: int) -> list[EffectRow]:
+        rows = await self._all("SELECT * FROM effects WHERE ticket_id = ? ORDER BY id",
                                (ticket_id,))
-        return [_outbox_row(r) for r in rows]
+        return [_effect_row(r) for r in rows]
 
     async def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        return list(await self._db.execute_fetchall(sql, args))  # one thread hop, not three
+        with _translated():
+            return list(await self._db.execute_fetchall(sql, args))  # one thread hop
 
 
-class Tx:
+class SqliteTx:
     """The statements allowed inside one write transaction (run on the writer thread)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, writer_wanted: Callable[[], bool]) -> None:
         self._db = db
+        self._writer_wanted = writer_wanted
+        self._depth = 0
 
-    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
-        self._db.execute(sql, args)
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with _translated():
+            return self._db.execute(sql, args)
 
     def _insert(self, sql: str, args: tuple[Any, ...]) -> int:
         """Run an INSERT and return the new row's id."""
-        rowid = self._db.execute(sql, args).lastrowid
+        rowid = self._run(sql, args).lastrowid
         assert rowid is not None
         return rowid
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+        row: sqlite3.Row | None = self._run(sql, args).fetchone()
         return row
 
     def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        return self._db.execute(sql, args).fetchall()
+        return self._run(sql, args).fetchall()
+
+    def others_waiting(self) -> bool:
+        return self._writer_wanted()
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        """A SAVEPOINT: the block's statements are undone alone if it raises."""
+        name = f"part{self._depth}"
+        self._depth += 1
+        self._run(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._run(f"ROLLBACK TO {name}")
+            raise
+        finally:
+            self._depth -= 1
+            self._run(f"RELEASE {name}")
 
     def insert_inbox(self, arrivals: list[_Arrival]) -> list[Accepted]:
         """Intake's group commit: each arrival's row, or the row already under its key."""
@@ -500,24 +477,13 @@ class Tx:
             f"SELECT id, state FROM inbox WHERE id IN ({','.join('?' * len(ids))})", ids)
         return {r[0]: r[1] for r in rows}
 
-    # One savepoint per mail in a batch: a mail that raises is undone alone (SQLite SAVEPOINT).
-    def savepoint(self) -> None:
-        self._db.execute("SAVEPOINT mail")
-
-    def release_savepoint(self) -> None:
-        self._db.execute("RELEASE mail")
-
-    def rollback_to_savepoint(self) -> None:
-        self._db.execute("ROLLBACK TO mail")
-        self._db.execute("RELEASE mail")
-
     def mark_inbox_failed(self, inbox_id: int, error: str) -> None:
-        self.execute(
+        self._run(
             "UPDATE inbox SET state = 'failed', error = ?, attempts = attempts + 1 "
             "WHERE id = ?", (error, inbox_id))
 
     def mark_inbox_done(self, inbox_id: int, ticket_id: int) -> None:
-        self.execute(
+        self._run(
             "UPDATE inbox SET state = 'done', error = NULL, ticket_id = ?, "
             "attempts = attempts + 1 WHERE id = ?", (ticket_id, inbox_id))
 
@@ -539,7 +505,7 @@ class Tx:
                       created_at=at, updated_at=at)
 
     def save_ticket(self, t: Ticket) -> None:
-        self.execute(
+        self._run(
             "INSERT INTO tickets (id, subject, status, priority, group_name, assignee, requester, "
             "account, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, status = excluded.status, "
@@ -552,7 +518,7 @@ class Tx:
         return [Participant(r[0], r[1]) for r in self._all(_PARTICIPANTS, (ticket_id,))]
 
     def add_participant(self, ticket_id: int, email: str, role: str) -> None:
-        self.execute(
+        self._run(
             "INSERT INTO participants (ticket_id, email, role) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING", (ticket_id, email, role))
 
@@ -572,8 +538,12 @@ class Tx:
             "SELECT message_id FROM message_ids WHERE ticket_id = ? ORDER BY rowid", (ticket_id,))
         return [r[0] for r in rows]
 
+    def message_id_known(self, message_id: str) -> bool:
+        return self._one("SELECT 1 FROM message_ids WHERE message_id = ?",
+                         (message_id,)) is not None
+
     def remember_message_id(self, message_id: str, ticket_id: int) -> None:
-        self.execute(
+        self._run(
             "INSERT INTO message_ids (message_id, ticket_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (message_id, ticket_id))
 
@@ -586,13 +556,13 @@ class Tx:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (ticket_id, inbox_id, kind, author, subject, body, timestamp(at)))
         for filename, content_type, size, sha256 in attachments:
-            self.execute(
+            self._run(
                 "INSERT INTO attachments (message_id, filename, content_type, size, sha256) "
                 "VALUES (?, ?, ?, ?, ?)", (message_id, filename, content_type, size, sha256))
         return message_id
 
     def add_event(self, ticket_id: int, at: datetime, actor: str, kind: str, detail: str) -> None:
-        self.execute(
+        self._run(
             "INSERT INTO events (ticket_id, at, actor, kind, detail) VALUES (?, ?, ?, ?, ?)",
             (ticket_id, timestamp(at), actor, kind, detail))
 
@@ -603,26 +573,51 @@ class Tx:
             "AND minute >= ?", (rcpt_to, _minute(since)))
         return int(row[0]) if row else 0
 
-    def incoming_mails_since(self, ticket_id: int, since: datetime) -> int:
-        """Mails received into this ticket since `since` (its messages that came from intake)."""
+    def incoming_mails_since(self, ticket_id: int, since: datetime, *,
+                             kinds: Sequence[str]) -> int:
+        """Mails from intake stored on the ticket since `since` as one of `kinds`."""
+        marks = ",".join("?" * len(kinds))
         row = self._one(
             "SELECT count(*) FROM messages WHERE ticket_id = ? AND inbox_id IS NOT NULL "
-            "AND created_at >= ?", (ticket_id, timestamp(since)))
+            f"AND created_at >= ? AND kind IN ({marks})", (ticket_id, timestamp(since), *kinds))
         return int(row[0]) if row else 0
 
-    def queue_mail(self, mail: QueuedMail, at: datetime) -> None:
-        self.execute(
-            "INSERT INTO outbox (ticket_id, created_at, kind, automatic, mail_from, rcpt_to, "
-            "message_id, raw, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (mail.ticket_id, timestamp(at), mail.kind, int(mail.automatic), mail.mail_from,
-             mail.rcpt_to, mail.message_id, mail.raw, timestamp(at)))
-        if mail.automatic:
-            self.execute(
+    def add_effect(self, effect: Effect, *, at: datetime, automatic_to: str | None = None) -> int:
+        effect_id = self._insert(
+            "INSERT INTO effects (kind, ticket_id, payload, due_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (effect.kind, effect.ticket_id, json.dumps(effect.payload), timestamp(effect.due),
+             timestamp(at)))
+        if automatic_to is not None:
+            self._run(
                 "INSERT INTO auto_mail_minutes (rcpt_to, minute, mails) VALUES (?, ?, 1) "
-                "ON CONFLICT DO UPDATE SET mails = mails + 1", (mail.rcpt_to, _minute(at)))
+                "ON CONFLICT DO UPDATE SET mails = mails + 1", (automatic_to, _minute(at)))
             # Minutes the hourly limit no longer looks at: at most 61 rows a recipient.
-            self.execute("DELETE FROM auto_mail_minutes WHERE rcpt_to = ? AND minute < ?",
-                         (mail.rcpt_to, _minute(at - timedelta(minutes=61))))
+            self._run("DELETE FROM auto_mail_minutes WHERE rcpt_to = ? AND minute < ?",
+                      (automatic_to, _minute(at - timedelta(minutes=61))))
+        return effect_id
+
+
+def _claim_inbox(tx: SqliteTx, *, runner: str, now: str, until: str, limit: int,
+                 max_bytes: int) -> list[InboxRow]:
+    # "state != 'done'" lets SQLite use the partial index inbox_pending, which it cannot
+    # infer from "state = 'new'": without it every batch scans all the inbox kept so far.
+    sizes = tx._all("SELECT id, length(raw) FROM inbox WHERE state = 'new' AND state != 'done' "
+                    "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?",
+                    (now, limit))
+    ids: list[int] = []
+    total = 0
+    for inbox_id, size in sizes:
+        if ids and total + size > max_bytes:
+            break
+        ids.append(inbox_id)
+        total += size
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = tx._all(f"UPDATE inbox SET claimed_by = ?, lease_until = ? WHERE id IN ({marks}) "
+                   "RETURNING *", (runner, until, *ids))
+    return sorted((_inbox_row(r) for r in rows), key=lambda r: r.id)
 
 
 def _minute(moment: datetime) -> str:
@@ -656,8 +651,8 @@ def _inbox_row(r: sqlite3.Row) -> InboxRow:
         state=r["state"], error=r["error"], attempts=r["attempts"], ticket_id=r["ticket_id"])
 
 
-def _outbox_row(r: sqlite3.Row) -> OutboxRow:
-    return OutboxRow(
-        id=r["id"], ticket_id=r["ticket_id"], kind=r["kind"], mail_from=r["mail_from"],
-        rcpt_to=r["rcpt_to"], message_id=r["message_id"], raw=r["raw"], state=r["state"],
+def _effect_row(r: sqlite3.Row) -> EffectRow:
+    return EffectRow(
+        id=r["id"], kind=cast(EffectKind, r["kind"]), ticket_id=r["ticket_id"],
+        payload=json.loads(r["payload"]), due=parse_timestamp(r["due_at"]), state=r["state"],
         attempts=r["attempts"], last_error=r["last_error"])

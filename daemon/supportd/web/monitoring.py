@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from supportd.clock import Clock
 from supportd.metrics import REGISTRY, STORE
-from supportd.store.sqlite import Counts, Store
+from supportd.store.api import Counts, Store
 
 log = logging.getLogger("supportd.web")
 
