@@ -47,14 +47,15 @@ class IntakeHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content
         assert isinstance(raw, bytes)  # aiosmtpd keeps the undecoded bytes here
+        sender = envelope_sender(envelope.mail_from)
         try:
             accepted = await self.store.accept(
                 raw, key=dedupe_key(raw), source=self.source,
-                mail_from=envelope.mail_from or "", rcpt_to=envelope.rcpt_tos,
+                mail_from=sender, rcpt_to=envelope.rcpt_tos,
                 at=self.clock.now(),
             )
         except Exception as error:
-            log.error("storing mail from=<%s> failed: %s", envelope.mail_from, error)
+            log.error("storing mail from=<%s> failed: %s", sender, error)
             MAILS_RECEIVED.labels(self.source, "error").inc()
             reply = "451 4.3.0 storage unavailable, try again later"
         else:
@@ -63,12 +64,22 @@ class IntakeHandler:
                                   "duplicate" if accepted.duplicate else "stored").inc()
             what = "duplicate of" if accepted.duplicate else "queued as"
             log.info("inbox=%d %s from=<%s> size=%d %s", accepted.inbox_id, self.source,
-                     envelope.mail_from, len(raw), "duplicate" if accepted.duplicate else "stored")
+                     sender, len(raw), "duplicate" if accepted.duplicate else "stored")
             reply = f"250 2.0.0 OK {what} inbox {accepted.inbox_id}"
         if isinstance(server, LMTP):
             # RFC 2033 §4.2: one reply per accepted recipient, in order.
             return "\r\n".join(reply for _ in envelope.rcpt_tos)
         return reply
+
+
+def envelope_sender(mail_from: str | None) -> str:
+    """MAIL FROM as stored: "" for the null reverse-path <>, however the client spelt it.
+
+    aiosmtpd keeps the brackets of an empty path and hands it over as "<>"; processing must
+    see the null sender (RFC 5321 §4.5.5: never answered) as such.
+    """
+    sender = (mail_from or "").strip()
+    return "" if sender == "<>" else sender
 
 
 async def serve(
