@@ -83,7 +83,7 @@ def test_every_corpus_mail_has_a_dedupe_key(corpora: Path) -> None:
         raw = path.read_bytes()
         parsed = parse_mail(raw)
         if parsed.message_id:
-            assert dedupe_key(raw) == "mid:" + parsed.message_id, path
+            assert dedupe_key(raw).startswith(f"mid:{parsed.message_id} "), path
         else:
             assert dedupe_key(raw).startswith("sha256:"), path
 
@@ -456,11 +456,27 @@ def test_part_count_is_capped_with_a_defect() -> None:
 def test_dedupe_key_is_the_message_id_whatever_its_formatting() -> None:
     variants = [
         _mail("Message-ID: <abc@example.com>", body="one\n"),
-        _mail("message-id:<abc@example.com>   ", body="two\n"),
-        _mail("Subject: x", "Message-Id:\n  <abc@example.com> (comment)", body="three\n"),
-        _mail("Message-ID: <abc@example.com>", body="four\n").replace(b"\n", b"\r\n"),
+        _mail("message-id:<abc@example.com>   ", body="one\n"),
+        _mail("Message-Id:\n  <abc@example.com> (comment)", body="one\n"),
+        _mail("Message-ID: <abc@example.com>", body="one\n").replace(b"\n", b"\r\n"),
     ]
-    assert {dedupe_key(raw) for raw in variants} == {"mid:abc@example.com"}
+    keys = {dedupe_key(raw) for raw in variants}
+    assert len(keys) == 1 and keys.pop().startswith("mid:abc@example.com ")
+
+
+def test_the_same_mail_again_is_a_duplicate_though_relays_added_headers() -> None:
+    mail = _mail("From: carol@customer.example", "Subject: down", "Message-ID: <abc@x>",
+                 body="Our app is down.\n")
+    relayed = b"Received: from mx.example.com by imap.example.com\nDelivered-To: s@x\n" + mail
+    assert dedupe_key(relayed) == dedupe_key(mail)
+
+
+def test_another_mail_under_a_reused_message_id_is_not_a_duplicate() -> None:
+    """Finding 5: the first mail with a Message-ID must not make a different one vanish."""
+    real = _mail("From: carol@customer.example", "Message-ID: <abc@x>", body="real\n")
+    planted = _mail("From: mallory@evil.example", "Message-ID: <abc@x>", body="real\n")
+    alert = _mail("From: carol@customer.example", "Message-ID: <abc@x>", body="disk full\n")
+    assert len({dedupe_key(real), dedupe_key(planted), dedupe_key(alert)}) == 3
 
 
 def test_dedupe_key_without_message_id_hashes_content_across_line_endings() -> None:

@@ -91,6 +91,7 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HTML_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
 _MESSAGE_ID_LINE = re.compile(r"(?im)^message-id[ \t]*:(.*)$")
+_CONTENT_HEADER_LINE = re.compile(r"(?im)^(?:from|date|subject)[ \t]*:.*$")
 _SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # raw 8-bit bytes, as the parser keeps them
 _UNLABELLED_CHARSETS = frozenset({"us-ascii", "ascii", "us_ascii", "ansi_x3.4-1968"})
 
@@ -144,15 +145,27 @@ def parse_mail(raw: bytes) -> ParsedMail:
 
 
 def dedupe_key(raw: bytes) -> str:
-    """Inbox deduplication key: the Message-ID when present, else a hash of the content."""
+    """Inbox deduplication key: "mid:<Message-ID> <digest>" when there is a Message-ID, else
+    "sha256:<digest of it all>".
+
+    The digest covers From, Date, Subject and the body, which stay the same when one mail
+    comes twice (an MTA's retry, the same mail by SMTP and by IMAP, with other Received
+    lines), so only the same mail is a duplicate: a stranger who sends a customer's
+    Message-ID first, or a device that always says <1@localhost>, does not make a
+    different mail disappear as "duplicate".
+    """
     end = _HEADER_END.search(raw)
     head = _normalise_line_endings(raw[: end.start()] if end else raw)
     unfolded = _FOLD.sub("", _decode_unlabelled(head))
     found = _MESSAGE_ID_LINE.search(unfolded)
     message_id = _first_message_id(found.group(1)) if found else None
-    if message_id:
-        return "mid:" + message_id
-    return "sha256:" + hashlib.sha256(_normalise_line_endings(raw)).hexdigest()
+    if not message_id:
+        return "sha256:" + hashlib.sha256(_normalise_line_endings(raw)).hexdigest()
+    digest = hashlib.sha256()
+    for line in _CONTENT_HEADER_LINE.findall(unfolded):
+        digest.update(" ".join(line.split()).lower().encode("utf-8", "surrogateescape") + b"\n")
+    digest.update(_normalise_line_endings(raw[end.end():] if end else b"").rstrip(b"\n"))
+    return f"mid:{message_id} {digest.hexdigest()[:32]}"
 
 
 def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
