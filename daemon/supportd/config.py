@@ -337,6 +337,9 @@ def _support(top: _Reader, base: Path, create_missing_secrets: bool) -> SupportC
         trusted_authserv_ids=frozenset(
             s.lower() for s in support.strings("trusted_authserv_ids", ())
         ),
+        max_participants_per_mail=support.integer("max_participants_per_mail", 20, minimum=1),
+        notification_excerpt_bytes=support.integer("notification_excerpt_bytes", 256 * 1024,
+                                                   minimum=1024),
     )
     support.finish()
     return config

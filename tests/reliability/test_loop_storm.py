@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from supportd.tickets.service import TICKET_MAIL_LIMIT
+from supportd.tickets.decide import TICKET_MAIL_LIMIT
 from tests.integration.conftest import mail
 from tests.reliability.conftest import ConfiguredDaemon, Smarthost, free_port, wait_for
 

@@ -476,10 +476,7 @@ def clean_subject(subject: str, prefix: str) -> str:
 
 def cc_addresses(mail: ParsedMail, requester: str, config: Config) -> list[str]:
     """Others the customer wrote to: they stay on the conversation (not us, not agents)."""
-    from supportd.mail.auth import token_in_address
-
-    support = frozenset(config.support.addresses)
     return list(dict.fromkeys(
         a.email for a in (*mail.to, *mail.cc)
         if a.email != requester and a.email not in config.agent_by_email
-        and a.email not in support and token_in_address(a.email, support) is None))
+        and not config.addresses.is_ours(a.email)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from supportd.config import Config
-from supportd.mail.auth import TokenMatch, sender_is_authenticated, token_for_address
+from supportd.mail.auth import TokenMatch, sender_is_authenticated
 from supportd.mail.classify import Decision, classify
 from supportd.mail.parse import ParsedMail, is_mailbox, parse_mail
 from supportd.mail.reply import strip_quoted_reply
@@ -40,7 +40,6 @@ class Incoming:
 def prepare(row: InboxRow, config: Config) -> Incoming:
     mail = parse_mail(row.raw)
     support = config.support
-    addresses = frozenset(support.addresses)
     sender = mail.from_addr.email if mail.from_addr else (row.mail_from or "")
     token = _token(row, mail, config)
     agent_address = sender in config.agent_by_email
@@ -49,11 +48,12 @@ def prepare(row: InboxRow, config: Config) -> Incoming:
         or sender_is_authenticated(sender, mail.headers, support.trusted_authserv_ids)
     )
     # RFC 5322 §3.6.2: answers go to Reply-To when there is one (web forms, no-reply robots).
-    answer_to = next((a.email for a in mail.reply_to if not _is_ours(a.email, addresses)),
+    answer_to = next((a.email for a in mail.reply_to if not config.addresses.is_ours(a.email)),
                      sender)
     # The per-recipient limit is not a classification: it holds back automatic answers only
     # (decide), never the processing of a person's mail.
-    decision = classify(mail, envelope_sender=row.mail_from, own_addresses=addresses,
+    decision = classify(mail, envelope_sender=row.mail_from,
+                        own_addresses=frozenset(support.addresses),
                         auto_mails_last_hour=0, auto_mail_limit=1)
     if decision.answerable and not is_mailbox(answer_to):
         decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
@@ -72,14 +72,5 @@ def prepare(row: InboxRow, config: Config) -> Incoming:
 
 def _token(row: InboxRow, mail: ParsedMail, config: Config) -> TokenMatch | None:
     # The envelope is what we were sent to; the headers matter where there is none (IMAP).
-    support = frozenset(config.support.addresses)
     addresses = [*row.rcpt_to, *(a.email for a in (*mail.to, *mail.cc))]
-    matches = (token_for_address(address, support, config.support.hmac_key,
-                                 config.agent_by_email) for address in addresses)
-    return next(filter(None, matches), None)
-
-
-def _is_ours(address: str, support: frozenset[str]) -> bool:
-    from supportd.mail.auth import token_in_address
-
-    return address in support or token_in_address(address, support) is not None
+    return next(filter(None, map(config.addresses.token, addresses)), None)
