@@ -357,10 +357,12 @@ def _agent_notices(ticket: Ticket, kind: str, incoming: Incoming, config: Config
         agents = [ticket.assignee]
     else:
         agents = [a.email for a in config.agents_in(ticket.group)]
-    excerpt = bounded_excerpt(incoming.body if kind == "customer_reply" else incoming.mail.text,
-                              config.support.notification_excerpt_bytes, ticket_id=ticket.id)
+    text = incoming.body if kind == "customer_reply" else incoming.mail.text
+    excerpt = bounded_excerpt(text, config.support.notification_excerpt_bytes)
     extra = {
         "author": incoming.sender, "body": excerpt,
+        # the template says how much is left out, and that `supportd show` has it all
+        "omitted": len(text.encode("utf-8")) - len(excerpt.encode("utf-8")),
         "attachments": [f"{a.filename or '(no name)'} ({a.content_type}, {a.size} bytes)"
                         for a in incoming.mail.attachments],
         "added": [f"{who} was added to this ticket by {incoming.sender}" for who in added],
@@ -370,15 +372,10 @@ def _agent_notices(ticket: Ticket, kind: str, incoming: Incoming, config: Config
             for agent in agents]
 
 
-def bounded_excerpt(text: str, limit: int, *, ticket_id: int) -> str:
-    """`text`, or its first `limit` bytes of UTF-8 and a hint where the whole text is."""
+def bounded_excerpt(text: str, limit: int) -> str:
+    """`text`, or as much of it as fits in `limit` bytes of UTF-8, cut at a character."""
     data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    cut = data[:limit].decode("utf-8", errors="ignore")
-    where = f"supportd show {ticket_id}" if ticket_id else "supportd show <ticket>"
-    return (f"{cut}\n\n[... {len(data) - len(cut.encode('utf-8'))} more bytes not shown: "
-            f"`{where}` has the whole mail]")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", errors="ignore")
 
 
 def _message(incoming: Incoming, body: str, *, kind: str | None = None) -> StoredMessage:
