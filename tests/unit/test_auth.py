@@ -280,6 +280,25 @@ def test_trusted_header_among_forged_ones_authenticates() -> None:
     assert authenticated_domains(headers, OUR_MX) == frozenset({"example.com"})
 
 
+RECEIVED = ("received", "from mail.example.net (mail.example.net [192.0.2.7]) by "
+            "mail.example.org (Postfix) with ESMTPS id 4Xy1; Mon, 30 Nov 2026 10:00:00 +0000")
+
+
+def test_only_headers_above_the_first_received_count() -> None:
+    """Finding 2: the MTA stamps its result on top as it takes the mail in; a header below
+    its Received: was in the mail before, written by the sender, even with our id."""
+    forged = ar("mail.example.org; dkim=pass header.d=evil.test")
+    headers = [ar(OPENDKIM), ("x-spam", "no"), RECEIVED, forged, ("received", "by evil")]
+    assert authenticated_domains(headers, OUR_MX) == frozenset({"example.com"})
+    assert not sender_is_authenticated("mallory@evil.test", headers, OUR_MX)
+
+
+def test_header_below_the_first_received_alone_authenticates_nobody() -> None:
+    headers = [("Received", RECEIVED[1]), ar(OPENDKIM)]
+    assert authenticated_domains(headers, OUR_MX) == frozenset()
+    assert not sender_is_authenticated("alice@example.com", headers, OUR_MX)
+
+
 def test_authserv_id_and_domains_compare_case_insensitively() -> None:
     headers = [ar("Mail.Example.ORG; DKIM=Pass header.d=Example.COM.")]
     assert sender_is_authenticated("Alice@example.com", headers, frozenset({"MAIL.example.org"}))

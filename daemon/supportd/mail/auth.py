@@ -2,7 +2,8 @@
 
 Two proofs make an agent's mail count as the agent's (ARCHITECTURE.md, "Who is an agent"):
 an agent-specific reply token in a recipient address, or a DKIM/DMARC pass aligned with the
-From domain in an `Authentication-Results` header (RFC 8601) stamped by a trusted MTA.
+From domain in an `Authentication-Results` header (RFC 8601) stamped by a trusted MTA, on
+top of a mail that came through a listener behind that MTA.
 
 Authentication-Results is parsed by hand, not with the `authres` package: authres 1.2.0
 (last release 2019, untyped) raises on the trailing `;` that Microsoft 365 and others
@@ -104,12 +105,19 @@ def authenticated_domains(
 ) -> frozenset[str]:
     """Domains (lower-cased) with a DKIM or DMARC pass in trusted Authentication-Results headers.
 
+    Only the topmost headers count, those above the first Received: (RFC 8601 §5): the
+    trusted MTA puts its own on top as it takes the mail in, so any below it were in the
+    mail before, written by the sender or an earlier hop. The caller decides whether the
+    mail came through that MTA at all (`Config.trusts_authentication_results`).
     DKIM counts `header.d` and the domain of `header.i`; DMARC counts `header.from`.
     """
     trusted = {authserv_id.lower() for authserv_id in trusted_authserv_ids}
     domains: set[str] = set()
     for name, value in headers:
-        if name.lower() != "authentication-results":
+        name = name.lower()
+        if name == "received":
+            break
+        if name != "authentication-results":
             continue
         parsed = _parse_authentication_results(value)
         # RFC 8601 §5: the border MTA removes headers carrying its own authserv-id, so only
@@ -124,7 +132,7 @@ def authenticated_domains(
 def sender_is_authenticated(
     from_email: str, headers: Iterable[tuple[str, str]], trusted_authserv_ids: frozenset[str]
 ) -> bool:
-    """True if a trusted Authentication-Results header vouches for the From address's domain."""
+    """True if a trusted Authentication-Results header on top vouches for the From domain."""
     _, at, domain = from_email.strip().rpartition("@")
     if not at or not domain:
         return False
