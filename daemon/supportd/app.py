@@ -11,12 +11,20 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
 
 from supportd.clock import Clock, SystemClock
-from supportd.config import Config, ConfigInvalid, load_config
+from supportd.config import (
+    OPEN_LISTENER,
+    Config,
+    ConfigError,
+    ConfigInvalid,
+    Listen,
+    load_config,
+)
 from supportd.intake.imap import MailboxWatcher
 from supportd.intake.sessions import Sessions
 from supportd.intake.smtp import IntakeHandler, serve
@@ -27,6 +35,30 @@ from supportd.web.monitoring import monitoring_app, read_counts, serve_monitorin
 from supportd.worker import WorkerProcess
 
 log = logging.getLogger("supportd")
+
+
+TRUST_KEYS = {"smtp": "smtp.trust_authentication_results",
+              "lmtp": "smtp.lmtp_trust_authentication_results"}
+
+
+def open_to_others(config: Config,
+                   listening: Mapping[str, Sequence[socket.socket]]) -> list[ConfigError]:
+    """Listeners `config` trusts with Authentication-Results although they are bound where
+    others than the MTA reach them: what load_config cannot see, a socket from systemd or
+    a listener still bound to its old address after a reload. Unix sockets are local."""
+    errors = []
+    for name, sockets in listening.items():
+        if not config.trusts_authentication_results(name):
+            continue
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                continue
+            host, port = sock.getsockname()[:2]
+            if not Listen(host, port).is_loopback:
+                errors.append(ConfigError(str(config.path), TRUST_KEYS[name], (
+                    f"the {name.upper()} listener is bound to {host}:{port}, not a loopback "
+                    f"address: {OPEN_LISTENER}")))
+    return errors
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
@@ -70,6 +102,7 @@ class Supportd:
         self.sessions = Sessions()
         self.handlers: list[IntakeHandler] = []
         self.servers: list[asyncio.Server] = []
+        self.listening: dict[str, Sequence[socket.socket]] = {}  # "smtp", "lmtp": bound
         self.events: asyncio.Queue[str] = asyncio.Queue()  # "reload", "stop", "worker"
 
     async def run(self) -> None:
@@ -93,6 +126,8 @@ class Supportd:
                     mailbox, self.store, self.clock, on_accept=self.worker.wake)
             passed = listen_sockets()
             await self._listen(passed)
+            if errors := open_to_others(self.config, self.listening):
+                raise ConfigInvalid(errors)  # exit code 2, before READY
             if self.config.http.listen is not None or "http" in passed:
                 web_runner = await self._serve_http(passed.get("http"), tasks)
             for name, worker in workers.items():
@@ -137,9 +172,11 @@ class Supportd:
             handler = IntakeHandler(store=self.store, clock=self.clock, source=name,
                                     addresses=self.config.addresses,
                                     on_accept=self.worker.wake)
-            self.servers.append(await serve(
+            server = await serve(
                 handler, at=at, hostname=smtp.hostname, max_size=smtp.max_message_size,
-                lmtp=lmtp, sessions=self.sessions))
+                lmtp=lmtp, sessions=self.sessions)
+            self.servers.append(server)
+            self.listening[name] = server.sockets
             self.handlers.append(handler)
             log.info("listening for %s on %s", name.upper(),
                      "a socket from systemd" if isinstance(at, socket.socket)
@@ -166,6 +203,8 @@ class Supportd:
         try:
             config = load_config(path)
             load_renderer(config)
+            if errors := open_to_others(config, self.listening):
+                raise ConfigInvalid(errors)
         except ConfigInvalid as invalid:
             for error in invalid.errors:
                 log.error("reload rejected, old config kept: %s", error)

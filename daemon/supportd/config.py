@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -40,6 +41,16 @@ class Listen:
     host: str
     port: int
 
+    @property
+    def is_loopback(self) -> bool:
+        """Reachable from this machine only: "localhost" or a loopback address."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
 
 @dataclass(frozen=True)
 class SupportConfig:
@@ -62,6 +73,9 @@ class SmtpConfig:
     max_message_size: int
     shutdown_grace: int = 5         # seconds open sessions may go on after SIGTERM
     shutdown_timeout: int = 60      # seconds until sessions still in DATA are cut off
+    # Whether the listener sits behind the MTA whose Authentication-Results are trusted.
+    trust_authentication_results: bool = False
+    lmtp_trust_authentication_results: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class ImapConfig:
     poll_interval: float
     idle_renew: float
     batch_size: int
+    trust_authentication_results: bool = False  # the provider's MTA stamps what it delivers
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,19 @@ class Config:
 
     def agents_in(self, group: str) -> tuple[Agent, ...]:
         return tuple(a for a in self.agents if group in a.groups)
+
+    def trusts_authentication_results(self, source: str) -> bool:
+        """Whether mail from intake `source` ("smtp", "lmtp", "imap:<name>", an inbox row's
+        source) came through a listener declared to sit behind the MTA that writes the
+        trusted Authentication-Results; from anywhere else the header is the sender's."""
+        if source == "smtp":
+            return self.smtp.trust_authentication_results
+        if source == "lmtp":
+            return self.smtp.lmtp_trust_authentication_results
+        kind, _, name = source.partition(":")
+        return kind == "imap" and any(
+            mailbox.name == name and mailbox.trust_authentication_results
+            for mailbox in self.imap)
 
 
 class _Reader:
@@ -290,6 +318,7 @@ def load_config(path: Path, *, create_missing_secrets: bool = True) -> Config:
     agents = _agents(top, support, groups)
     accounts = _accounts(top)
     imap = _imap(top, base)
+    _trust_needs_ids(top, support, smtp, imap)
     top.finish()
     if errors:
         raise ConfigInvalid(errors)
@@ -354,12 +383,46 @@ def _smtp(top: _Reader) -> SmtpConfig:
         max_message_size=smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024),
         shutdown_grace=smtp.integer("shutdown_grace", 5),
         shutdown_timeout=smtp.integer("shutdown_timeout", 60, minimum=1),
+        trust_authentication_results=smtp.boolean("trust_authentication_results", False),
+        lmtp_trust_authentication_results=smtp.boolean(
+            "lmtp_trust_authentication_results", False),
     )
     if config.shutdown_grace > config.shutdown_timeout:
         smtp.error("shutdown_grace", f"must not exceed smtp.shutdown_timeout "
                    f"({config.shutdown_timeout}), not {config.shutdown_grace}")
+    for key, listen_key, listen, trusted in (
+        ("trust_authentication_results", "listen", config.listen,
+         config.trust_authentication_results),
+        ("lmtp_trust_authentication_results", "lmtp_listen", config.lmtp_listen,
+         config.lmtp_trust_authentication_results),
+    ):
+        if trusted and listen is not None and not listen.is_loopback:
+            smtp.error(key, f"smtp.{listen_key} {listen.host}:{listen.port} is not a loopback "
+                       f"address: {OPEN_LISTENER}")
     smtp.finish()
     return config
+
+
+# Why trusting Authentication-Results on a listener others can reach is refused.
+OPEN_LISTENER = ("anyone who can connect there can write that header into their own mail; "
+                 "trust it only on a listener that only your MTA reaches, such as "
+                 "lmtp_listen = \"127.0.0.1:2424\"")
+
+
+def _trust_needs_ids(top: _Reader, support: SupportConfig, smtp: SmtpConfig,
+                     imap: tuple[ImapConfig, ...]) -> None:
+    """A listener that trusts Authentication-Results needs an authserv-id to trust."""
+    if support.trusted_authserv_ids:
+        return
+    trusting = [key for key, trusted in (
+        ("smtp.trust_authentication_results", smtp.trust_authentication_results),
+        ("smtp.lmtp_trust_authentication_results", smtp.lmtp_trust_authentication_results),
+        *((f"imap[{i}].trust_authentication_results", m.trust_authentication_results)
+          for i, m in enumerate(imap)),
+    ) if trusted]
+    for key in trusting:
+        top.error(key, "is true, but support.trusted_authserv_ids is empty: name the "
+                  "authserv-id your MTA writes in its Authentication-Results")
 
 
 def _http(top: _Reader) -> HttpConfig:
@@ -518,6 +581,7 @@ def _imap(top: _Reader, base: Path) -> tuple[ImapConfig, ...]:
             folder=folder, after=cast(ImapAfter, after), move_to=move_to,
             poll_interval=float(poll_interval), idle_renew=float(idle_renew),
             batch_size=m.integer("batch_size", 100, minimum=1),
+            trust_authentication_results=m.boolean("trust_authentication_results", False),
         ))
         m.finish()
     return tuple(mailboxes)

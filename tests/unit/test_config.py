@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from supportd.cli import main
-from supportd.config import ConfigInvalid, load_config
+from supportd.config import ConfigInvalid, Listen, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +111,70 @@ def test_missing_password_file_is_an_error_even_when_only_checking(tmp_path: Pat
         load_config(path, create_missing_secrets=False)
     assert f"{path}: outbound.smtp.password_file: cannot read {tmp_path / 'nope'}: " \
            "No such file or directory" in [str(e) for e in invalid.value.errors]
+
+
+MINIMAL = '[support]\nhmac_key_file = "hmac.key"\ntrusted_authserv_ids = ["mx.example.com"]\n' \
+          '[[groups]]\nname = "tier1"\n'
+IMAP = '[[imap]]\nname = "{name}"\nhost = "imap.example.com"\nuser = "u"\n' \
+       'password_env = "HOME"\nafter = "seen"\n{extra}\n'
+
+
+def test_authentication_results_are_trusted_per_listener(tmp_path: Path) -> None:
+    """Finding 2: nothing is trusted unless a listener says so; then only that listener."""
+    plain = load_config(write(tmp_path, MINIMAL + IMAP.format(name="provider", extra="")))
+    assert not any(plain.trusts_authentication_results(source)
+                   for source in ("smtp", "lmtp", "imap:provider", "cli"))
+    config = load_config(write(tmp_path, MINIMAL
+                               + '[smtp]\nlmtp_listen = "127.0.0.1:2424"\n'
+                               + "lmtp_trust_authentication_results = true\n"
+                               + IMAP.format(name="provider",
+                                             extra="trust_authentication_results = true")
+                               + IMAP.format(name="other", extra="")))
+    trusted = [source for source in ("smtp", "lmtp", "imap:provider", "imap:other",
+                                     "imap:nobody", "provider") if
+               config.trusts_authentication_results(source)]
+    assert trusted == ["lmtp", "imap:provider"]
+
+
+@pytest.mark.parametrize(("listen", "key"), [
+    ('listen = "0.0.0.0:25"\ntrust_authentication_results = true',
+     "smtp.trust_authentication_results"),
+    ('lmtp_listen = "[2001:db8::1]:2424"\nlmtp_trust_authentication_results = true',
+     "smtp.lmtp_trust_authentication_results"),
+    ('listen = "mx.example.com:25"\ntrust_authentication_results = true',
+     "smtp.trust_authentication_results"),
+])
+def test_trust_on_a_listener_others_can_reach_is_an_error(
+    tmp_path: Path, listen: str, key: str
+) -> None:
+    """Finding 2: a config that would believe anyone's Authentication-Results cannot load."""
+    [error] = errors(write(tmp_path, MINIMAL + f"[smtp]\n{listen}\n"))
+    assert error.startswith(f"{tmp_path / 'supportd.toml'}: {key}: smtp.")
+    assert "is not a loopback address: anyone who can connect there can write" in error
+
+
+@pytest.mark.parametrize("listen", ['"127.0.0.1:2424"', '"[::1]:2424"', '"localhost:2424"'])
+def test_trust_on_a_loopback_listener_is_accepted(tmp_path: Path, listen: str) -> None:
+    config = load_config(write(tmp_path, MINIMAL + f"[smtp]\nlmtp_listen = {listen}\n"
+                               "lmtp_trust_authentication_results = true\n"))
+    assert config.trusts_authentication_results("lmtp")
+
+
+def test_trust_without_a_trusted_authserv_id_is_an_error(tmp_path: Path) -> None:
+    text = MINIMAL.replace('trusted_authserv_ids = ["mx.example.com"]\n', "")
+    [error] = errors(write(tmp_path, text + "[smtp]\ntrust_authentication_results = true\n"))
+    assert error == (f"{tmp_path / 'supportd.toml'}: smtp.trust_authentication_results: is "
+                     "true, but support.trusted_authserv_ids is empty: name the authserv-id "
+                     "your MTA writes in its Authentication-Results")
+
+
+def test_example_site_trusts_only_its_loopback_lmtp_listener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 2: the example site listens on 0.0.0.0:25 and trusts mx.example.com: as
+    shipped, only the LMTP listener Postfix delivers to on 127.0.0.1 is believed."""
+    monkeypatch.setenv("SUPPORTD_SMTP_PASSWORD", "secret")
+    config = load_config(REPO / "config" / "example-site.toml", create_missing_secrets=False)
+    assert config.smtp.listen == Listen("0.0.0.0", 25)
+    assert not config.trusts_authentication_results("smtp")
+    assert config.trusts_authentication_results("lmtp")

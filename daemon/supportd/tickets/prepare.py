@@ -45,7 +45,8 @@ def prepare(row: InboxRow, config: Config) -> Incoming:
     agent_address = sender in config.agent_by_email
     proven = agent_address and (
         (token is not None and token.agent == sender)
-        or sender_is_authenticated(sender, mail.headers, support.trusted_authserv_ids)
+        or (config.trusts_authentication_results(row.source)
+            and sender_is_authenticated(sender, mail.headers, support.trusted_authserv_ids))
     )
     # RFC 5322 §3.6.2: answers go to Reply-To when there is one (web forms, no-reply robots).
     answer_to = next((a.email for a in mail.reply_to if not config.addresses.is_ours(a.email)),
