@@ -142,7 +142,12 @@ class Daemon:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=15)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()  # deaf to SIGTERM: the test fails, the daemon still goes
+                self.process.wait()
+                raise
 
     def log(self) -> str:
         path = self.folder / "supportd.log"

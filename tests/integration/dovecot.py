@@ -157,6 +157,14 @@ class Dovecot:
         self.process = subprocess.Popen(
             ["dovecot", "-F", "-c", str(self.folder / "dovecot.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()  # a Dovecot that never came up must not outlive the test
+            raise
+
+    def _wait_listening(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 15
         while True:
             try:

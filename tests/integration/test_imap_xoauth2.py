@@ -26,10 +26,12 @@ def oauth2() -> Iterator[IntrospectionServer]:
 def dovecot(oauth2: IntrospectionServer) -> Iterator[Dovecot]:
     server = Dovecot(oauth2_introspection_url=oauth2.url)
     server.start()
-    with server.client() as client:
-        client.create("Done")
-    yield server
-    server.stop()
+    try:
+        with server.client() as client:
+            client.create("Done")
+        yield server
+    finally:
+        server.stop()  # also when creating the folder failed
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,8 +69,12 @@ class Smarthost:
             [sys.executable, str(HERE / "smarthost.py"), "--port", str(self.port),
              "--record", str(self.record), *extra],
             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == b"ready"
+        try:
+            assert self.process.stdout is not None
+            assert self.process.stdout.readline().strip() == b"ready"
+        except BaseException:
+            self.stop()  # one that did not come up ready must not outlive the test
+            raise
 
     def received(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.record.read_text().splitlines()]
@@ -81,15 +86,14 @@ class Smarthost:
 
 @pytest.fixture
 def smarthost_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Smarthost] = []
+    with contextlib.ExitStack() as started:  # each one stopped, even if another's stop fails
 
-    def start(*extra: str) -> Smarthost:
-        started.append(Smarthost(tmp_path, *extra))
-        return started[-1]
+        def start(*extra: str) -> Smarthost:
+            host = Smarthost(tmp_path, *extra)
+            started.callback(host.stop)
+            return host
 
-    yield start
-    for host in started:
-        host.stop()
+        yield start
 
 
 __all__ = ["ConfiguredDaemon", "Smarthost", "free_port", "wait_for"]

@@ -6,6 +6,7 @@ LMTP; mail supportd does not take with a 250 stays queued and is retried every s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -81,11 +82,19 @@ class PrivatePostfix:
                                f"{result.stderr}\n{self.log()}")
 
     def start(self) -> None:
-        self._postfix("start")
+        try:
+            self._postfix("start")
+        except BaseException:
+            # A master that came up before the failure must not outlive the test.
+            with contextlib.suppress(RuntimeError):  # `postfix stop`: no master is running
+                self.stop()
+            raise
 
     def stop(self) -> None:
-        self._postfix("stop")
-        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self._postfix("stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def flush(self) -> None:
         """Retry deferred mail now instead of at the next queue run."""

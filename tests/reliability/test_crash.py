@@ -30,12 +30,13 @@ def hand_to_postfix(port: int, message_ids: list[str]) -> None:
 @pytest.mark.skipif(postfix_missing() is not None, reason=postfix_missing() or "")
 def test_three_sigkills_while_postfix_relays_lose_and_double_nothing(tmp_path: Path) -> None:
     daemon = ConfiguredDaemon(tmp_path, free_port())
-    daemon.start()
+    # Postfix first: when it cannot start, no supportd (and its worker) is left running.
     relay = PrivatePostfix(port=free_port(), relay_to=daemon.port)
     relay.start()
     sent = [f"crash-{i}@customer.example" for i in range(MAILS)]
     sender = threading.Thread(target=hand_to_postfix, args=(relay.port, sent))
     try:
+        daemon.start()
         wait_for(lambda: _listening(relay.port), what="Postfix to listen")
         sender.start()
         for kill in (1, 2, 3):
@@ -70,8 +71,10 @@ def test_three_sigkills_while_postfix_relays_lose_and_double_nothing(tmp_path: P
         assert daemon.query("SELECT count(*) AS n FROM message_ids WHERE message_id LIKE "
                             "'crash-%'")[0]["n"] == MAILS
     finally:
-        relay.stop()
-        daemon.stop()
+        try:
+            daemon.stop()
+        finally:
+            relay.stop()
 
 
 def test_acknowledgement_over_smtp_is_sent_twice_only_after_a_kill_between_send_and_record(
@@ -113,7 +116,7 @@ def test_maildir_delivery_recorded_after_a_kill_is_not_written_twice(tmp_path: P
         daemon.send(mail())
         daemon.new_mail(2)
         daemon.stop()
-        daemon.write("UPDATE outbox SET state = 'queued', sent_at = NULL")
+        daemon.write("UPDATE effects SET state = 'queued', done_at = NULL WHERE kind = 'mail'")
         daemon.start()
         wait_for(lambda: not daemon.query("SELECT 1 FROM outbox WHERE state = 'queued'"),
                  what="outbox drained after the restart")
