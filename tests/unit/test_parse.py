@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import UTC, datetime
 from email.utils import getaddresses
@@ -13,7 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supportd.mail.parse import ParsedMail, dedupe_key, is_mailbox, parse_mail
+from supportd.mail.parse import (
+    MAX_HEADER_CHARS,
+    MAX_HTML_CHARS,
+    MAX_PARAMETER_HEADER_CHARS,
+    ParsedMail,
+    dedupe_key,
+    is_mailbox,
+    parse_mail,
+)
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -448,6 +457,82 @@ def test_part_count_is_capped_with_a_defect() -> None:
     parsed = parse_mail(raw)
     assert 0 < len(parsed.attachments) < 1500
     assert any("MIME parts" in note for note in parsed.defects)
+
+
+# --- work per mail is bounded (finding 6 of the hardening review) ----------------------
+
+
+def _folded_encoded_words(size: int) -> bytes:
+    """The reviewer's 3.3 MB mail: a Subject of adjacent encoded words, one per folded line."""
+    word = b"=?utf-8?q?caf=C3=A9_?="
+    head = b"From: <mallory@evil.example>\nMessage-ID: <ew@evil.example>\nSubject: "
+    return head + b"\n ".join([word] * (size // (len(word) + 2))) + b"\n\nbody\n"
+
+
+def test_3_mb_of_folded_encoded_words_is_cut_at_the_header_limit_with_a_note() -> None:
+    raw = _folded_encoded_words(3_300_000)
+    parsed = parse_mail(raw)
+    _assert_consistent(parsed, raw)
+    assert parsed.subject.startswith("café café café")
+    assert 0.2 * MAX_HEADER_CHARS < len(parsed.subject) <= MAX_HEADER_CHARS
+    assert [note for note in parsed.cut if note.startswith("header Subject:")], parsed.cut
+    assert set(parsed.cut) <= set(parsed.defects)
+    assert (parsed.message_id, parsed.text) == ("ew@evil.example", "body\n")
+
+
+def test_adjacent_encoded_words_join_and_the_space_between_them_goes() -> None:
+    # RFC 2047 §6.2; a character may be split across two words of the same charset.
+    parsed = parse_mail(_mail(
+        "Subject: Re: =?utf-8?q?caf=C3?= =?utf-8?b?qQ==?=\n =?iso-8859-1?q?_cr=E8me?= ok"))
+    assert parsed.subject == "Re: café crème ok"
+    assert parsed.cut == ()
+
+
+def test_undecodable_encoded_word_alone_is_kept_as_written() -> None:
+    parsed = parse_mail(_mail("Subject: =?utf-8?b?w6k?= =?utf-8?b?a?= =?utf-8?q?=C3=A9?="))
+    assert parsed.subject == "é =?utf-8?b?a?= é"
+    assert any("undecodable encoded-word" in note for note in parsed.defects)
+
+
+def test_punycode_is_no_mail_charset() -> None:
+    # Python decodes punycode in quadratic time (400 KB: 33 s); no mailer declares it.
+    parsed = parse_mail(_mail("Content-Type: text/plain; charset=punycode", body="abc-def\n"))
+    assert parsed.text == "abc-def\n"
+    assert "body: unknown charset 'punycode', read as utf-8" in parsed.defects
+
+
+def test_parameters_of_a_huge_content_type_are_cut_at_their_limit() -> None:
+    # The stdlib splits parameters in time quadratic in their number.
+    params = "; a=b" * (4 * MAX_PARAMETER_HEADER_CHARS // 5)
+    parsed = parse_mail(_mail(f"Content-Type: text/plain; charset=iso-8859-1{params}",
+                              body=b"caf\xe9\n"))
+    assert parsed.text == "café\n"
+    assert [note for note in parsed.cut if note.startswith("header Content-Type:")], parsed.cut
+
+
+def test_huge_html_table_is_converted_to_text_only_up_to_the_limit() -> None:
+    row = "<tr><td>cell</td><td>12345</td></tr>\n"
+    rows_in_limit = MAX_HTML_CHARS // len(row)
+    html = "<html><body><table>" + row * (3 * rows_in_limit) + "</table></body></html>"
+    parsed = parse_mail(_mail("Content-Type: text/html; charset=utf-8", body=html))
+    assert 0.9 * rows_in_limit < parsed.text.count("12345") <= rows_in_limit
+    assert [note for note in parsed.cut if note.startswith("HTML body:")], parsed.cut
+
+
+def test_mail_read_past_its_time_budget_is_cut_with_a_note_and_keeps_its_sender() -> None:
+    seconds = itertools.count()  # a clock that moves one second each time it is read
+    raw = _mail("From: Carol <carol@customer.example>", "Subject: hi", *(
+        f"X-Filler-{n}: {n}" for n in range(20)), body="the text\n")
+    parsed = parse_mail(raw, budget=5.0, clock=lambda: float(next(seconds)))
+    assert parsed.from_addr is not None and parsed.from_addr.email == "carol@customer.example"
+    assert parsed.subject == "hi"
+    assert parsed.text == "" and 0 < len(parsed.headers) < 22
+    assert [note for note in parsed.cut if "budget of 5 s" in note], parsed.cut
+
+
+def test_normal_mail_is_not_cut() -> None:
+    parsed = parse_mail(_alternative("from plain"))
+    assert parsed.cut == () and parsed.text == "from plain"
 
 
 # --- dedupe_key ------------------------------------------------------------------------

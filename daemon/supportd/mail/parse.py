@@ -11,26 +11,35 @@ faster and the more correct choice here.
 An enclosed `message/*` part (a forwarded mail, a bounce's original, a DSN report) is one
 attachment: its parts belong to that message, not to this one's body.
 
-Two limits keep hostile input bounded: the stdlib parser recurses once per nesting level
-(RecursionError near 1000, quadratic time well before), so multiparts nested deeper than
-`_MAX_DEPTH` are kept as one opaque attachment, as enclosed messages are; and the walk
-stops after `_MAX_PARTS` parts. Each limit that bites leaves a note in `defects`.
+The work per mail is bounded, whatever the bytes (finding 6 of the hardening review: one
+mail of 3.3 MB took 78 s). The stdlib parser recurses once per nesting level (RecursionError
+near 1000, quadratic time well before), so multiparts nested deeper than `_MAX_DEPTH` are kept
+as one opaque attachment, as enclosed messages are; the walk stops after `_MAX_PARTS` parts.
+A header is cut at `MAX_HEADER_CHARS` as it is read (Content-Type and Content-Disposition at
+`MAX_PARAMETER_HEADER_CHARS`: the stdlib splits their parameters in quadratic time); an HTML
+body is converted to text up to `MAX_HTML_CHARS`; encoded words are decoded here in linear
+time (the stdlib's `decode_header` is quadratic in their number); and parsing stops at the
+first step after `budget` seconds. Each limit that bites leaves a note in `defects` and in
+`cut`: a mail with a `cut` was not read whole, and only its raw bytes have all of it.
 """
 
 from __future__ import annotations
 
+import binascii
+import codecs
 import hashlib
 import mimetypes
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.errors import HeaderParseError, MessageDefect
-from email.header import decode_header
+from email.errors import MessageDefect
+from email.feedparser import BytesFeedParser
 from email.headerregistry import Address as HeaderAddress
 from email.message import Message
-from email.parser import BytesParser
 from email.policy import Compat32
+from email.quoprimime import header_decode
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import TypeAlias, cast
 
@@ -71,6 +80,10 @@ class ParsedMail:
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]  # human-readable notes on what was broken and how it was read
     size: int  # length of the raw bytes
+    # What a limit (size, time) or a parser failure left unread, one note each, also in
+    # `defects`. Not empty: the fields above are partial, only the raw mail is whole; keep
+    # it and have an agent look.
+    cut: tuple[str, ...] = ()
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -84,8 +97,20 @@ class ParsedMail:
 
 _MAX_DEPTH = 20  # real mail nests 2-6 levels; Postfix refuses beyond 100
 _MAX_PARTS = 1000
+# One header; the longest real one we know, a folded Subject of encoded words, is 205 KiB.
+MAX_HEADER_CHARS = 256 * 1024
+MAX_PARAMETER_HEADER_CHARS = 8 * 1024  # the stdlib takes 3 ms for this, 0.8 s for 400 KB
+_PARAMETER_HEADERS = frozenset({"content-type", "content-disposition"})
+MAX_HTML_CHARS = 512 * 1024  # inscriptis: about 0.7 s for a table this long, 34 s for 23 MB
+PARSE_BUDGET = 2.0  # seconds; a normal mail takes a millisecond
+_FEED = 64 * 1024  # bytes given to the stdlib parser between looks at the clock
+# Python codecs that are no mail charset and decode in quadratic time (punycode: 33 s for
+# 400 KB); declared by a mail, they are unknown charsets.
+_NOT_CHARSETS = frozenset({"punycode", "idna"})
 
 _MSG_ID_IN_BRACKETS = re.compile(r"<([^<>]*)>")
+# RFC 2047 §2: encoded-text holds no "?", so each try to match stops at the next "?": linear.
+_ENCODED_WORD = re.compile(r"=\?([^?]*)\?([bBqQ])\?([^?]*)\?=")
 _WHITESPACE = re.compile(r"\s+")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HTML_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -99,8 +124,25 @@ _UNLABELLED_CHARSETS = frozenset({"us-ascii", "ascii", "us_ascii", "ansi_x3.4-19
 _Child: TypeAlias = "Message[str, str] | str"  # what the stdlib types a part's children as
 
 
+class _CutHeader(str):
+    """A header value cut at its limit as the parser read it; `length` is what it had."""
+
+    length: int
+
+
 class _RawHeaders(Compat32):
-    """compat32 that hands header values over as read; this module decodes them itself."""
+    """compat32 that hands header values over as read, cut at their limit; this module
+    decodes them itself."""
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        limit = (MAX_PARAMETER_HEADER_CHARS if name.strip().lower() in _PARAMETER_HEADERS
+                 else MAX_HEADER_CHARS)
+        if len(value) <= limit:
+            return name, value
+        cut = _CutHeader(value[:limit])
+        cut.length = len(value)
+        return name, cut
 
     def header_fetch_parse(self, name: str, value: str) -> str:
         return value
@@ -131,17 +173,43 @@ class _MimePart(Message):
         return declared
 
 
-_PARSER = BytesParser(_MimePart, policy=_RawHeaders())
+_POLICY = _RawHeaders()
 
 
-def parse_mail(raw: bytes) -> ParsedMail:
-    """Parse `raw`; never raises, whatever the bytes."""
-    defects: list[str] = []
+class _Reading:
+    """What one parse noticed so far, and until when it may go on."""
+
+    def __init__(self, budget: float, clock: Callable[[], float]) -> None:
+        self.defects: list[str] = []
+        self.cut: list[str] = []
+        self.budget, self.clock = budget, clock
+        self.deadline = clock() + budget
+        self.spent = False
+
+    def limit(self, note: str) -> None:
+        """A limit bit: `note` says what was left unread and why."""
+        self.defects.append(note)
+        self.cut.append(note)
+
+    def out_of_time(self, step: str) -> bool:
+        """Whether the budget is spent; the first time, the note names `step`, not read."""
+        if not self.spent and self.clock() >= self.deadline:
+            self.spent = True
+            self.limit(f"parsing ran out of its budget of {self.budget:g} s; {step} and what "
+                       "follows were not read")
+        return self.spent
+
+
+def parse_mail(raw: bytes, *, budget: float = PARSE_BUDGET,
+               clock: Callable[[], float] = time.monotonic) -> ParsedMail:
+    """Parse `raw`; never raises, whatever the bytes. Past `budget` seconds (on `clock`)
+    the rest is left unread and said so in `cut`."""
+    reading = _Reading(budget, clock)
     try:
-        return _parse(raw, defects)
+        return _parse(raw, reading)
     except Exception as exc:  # the stdlib email package is not total over arbitrary bytes
-        defects.append(f"parser failed ({type(exc).__name__}: {exc}); mail kept unparsed")
-        return _unparsed(raw, defects)
+        reading.limit(f"parser failed ({type(exc).__name__}: {exc}); mail kept unparsed")
+        return _unparsed(raw, reading)
 
 
 def dedupe_key(raw: bytes) -> str:
@@ -168,34 +236,72 @@ def dedupe_key(raw: bytes) -> str:
     return f"mid:{message_id} {digest.hexdigest()[:32]}"
 
 
-def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
-    root = _PARSER.parsebytes(_normalise_line_endings(raw))
-    assert isinstance(root, _MimePart)
-    headers = tuple(
-        (_one_line(_from_8bit(name)).lower(), _decode_header_value(value, defects))
-        for name, value in root.items()
-    )
-    text, attachments = _read_body(root, defects)
+def _parse(raw: bytes, reading: _Reading) -> ParsedMail:
+    root = _mime_tree(_normalise_line_endings(raw), reading)
+    _note_cut_headers(root, reading)
+    defects = reading.defects
+    # What processing needs comes first and is read even past the budget: the limit on
+    # each header bounds it.
     from_addrs = _addresses(root, "from", defects)
+    message_id = _first_message_id(root.get("message-id", ""))
+    in_reply_to = _message_ids(root.get_all("in-reply-to", []))
+    references = _message_ids(root.get_all("references", []))
+    subject = _decode_header_value(root.get("subject", ""), defects)
+    reply_to = _addresses(root, "reply-to", defects)
+    to = _addresses(root, "to", defects)
+    cc = _addresses(root, "cc", defects)
+    date = _date(root.get("date"), defects)
+    headers = _headers(root, reading)
+    text, attachments = _read_body(root, reading)
     return ParsedMail(
-        message_id=_first_message_id(root.get("message-id", "")),
-        in_reply_to=_message_ids(root.get_all("in-reply-to", [])),
-        references=_message_ids(root.get_all("references", [])),
-        subject=_decode_header_value(root.get("subject", ""), defects),
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        subject=subject,
         from_addr=from_addrs[0] if from_addrs else None,
-        reply_to=_addresses(root, "reply-to", defects),
-        to=_addresses(root, "to", defects),
-        cc=_addresses(root, "cc", defects),
-        date=_date(root.get("date"), defects),
+        reply_to=reply_to,
+        to=to,
+        cc=cc,
+        date=date,
         headers=headers,
         text=text,
         attachments=attachments,
         defects=tuple(dict.fromkeys(defects)),
         size=len(raw),
+        cut=tuple(dict.fromkeys(reading.cut)),
     )
 
 
-def _unparsed(raw: bytes, defects: list[str]) -> ParsedMail:
+def _mime_tree(data: bytes, reading: _Reading) -> _MimePart:
+    """The stdlib's parse of `data`, fed in pieces: past the budget, of what was fed."""
+    parser = BytesFeedParser(_MimePart, policy=_POLICY)
+    for start in range(0, len(data), _FEED):
+        if start and reading.out_of_time(f"the mail from byte {start} on"):
+            break
+        parser.feed(data[start:start + _FEED])
+    root = parser.close()
+    assert isinstance(root, _MimePart)
+    return root
+
+
+def _headers(root: _MimePart, reading: _Reading) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    for name, value in root.items():
+        if reading.out_of_time(f"the headers from {_one_line(_from_8bit(name))[:80]} on"):
+            break
+        headers.append(
+            (_one_line(_from_8bit(name)).lower(), _decode_header_value(value, reading.defects)))
+    return tuple(headers)
+
+
+def _note_cut_headers(part: _MimePart, reading: _Reading) -> None:
+    for name, value in part.items():
+        if isinstance(value, _CutHeader):
+            reading.limit(f"header {_one_line(_from_8bit(name))[:80]}: {value.length} "
+                          f"characters, read up to {len(value)}")
+
+
+def _unparsed(raw: bytes, reading: _Reading) -> ParsedMail:
     return ParsedMail(
         message_id=None,
         in_reply_to=(),
@@ -209,8 +315,9 @@ def _unparsed(raw: bytes, defects: list[str]) -> ParsedMail:
         headers=(),
         text="",
         attachments=(),
-        defects=tuple(defects),
+        defects=tuple(reading.defects),
         size=len(raw),
+        cut=tuple(reading.cut),
     )
 
 
@@ -252,41 +359,76 @@ def _decode_header_value(value: str, defects: list[str]) -> str:
 
 
 def _decode_encoded_words(value: str, defects: list[str]) -> str:
-    """RFC 2047 encoded-words to text; an undecodable word is kept as written."""
+    """RFC 2047 encoded-words to text, in time linear in the length of `value`; an
+    undecodable word is kept as written."""
     if "=?" not in value:
         return value
-    try:
-        chunks = decode_header(value)
-    except HeaderParseError:
-        defects.append(f"undecodable encoded-word kept as written: {value[:80]!r}")
-        return value
-    out = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, str):
-            out.append(chunk)
-        elif charset is None:
-            out.append(chunk.decode("raw-unicode-escape", "replace"))  # decode_header's own
+    out: list[str] = []
+    run: list[bytes] = []  # adjacent words of one charset, decoded together: a character
+    run_charset = ""  # may span two of them
+    end = 0
+    after_word = False
+
+    def end_run() -> None:
+        if run:
+            out.append(_decode_charset(b"".join(run), run_charset, "header", defects))
+            run.clear()
+
+    for word in _ENCODED_WORD.finditer(value):
+        between = value[end:word.start()]
+        charset = word.group(1).lower().partition("*")[0]  # RFC 2231 §5: utf-8*en
+        data = _encoded_word_bytes(word.group(2), word.group(3))
+        # RFC 2047 §6.2: space between two adjacent encoded-words is not part of the text.
+        adjacent = after_word and not between.strip(" \t")
+        if data is None:
+            defects.append(f"undecodable encoded-word kept as written: {word.group()[:80]!r}")
+            end_run()
+            out.append(between + word.group())
+        elif adjacent and charset == run_charset:
+            run.append(data)
         else:
-            # RFC 2231 §5: a charset may carry a language suffix, as in utf-8*en.
-            out.append(_decode_charset(chunk, charset.partition("*")[0], "header", defects))
+            end_run()
+            if not adjacent:
+                out.append(between)
+            run.append(data)
+            run_charset = charset
+        after_word = data is not None
+        end = word.end()
+    end_run()
+    out.append(value[end:])
     return "".join(out)
+
+
+def _encoded_word_bytes(encoding: str, text: str) -> bytes | None:
+    """What an encoded-text stands for (RFC 2047 §4), read as the stdlib reads it; None when
+    it is no base64."""
+    if encoding in "qQ":
+        return header_decode(text).encode("raw-unicode-escape")
+    if len(text) % 4:
+        text += "==="[: 4 - len(text) % 4]  # Postel: padding is often left out
+    try:
+        return binascii.a2b_base64(text)
+    except ValueError:  # binascii.Error, or a character beyond ASCII
+        return None
 
 
 def _decode_charset(data: bytes, charset: str, where: str, defects: list[str]) -> str:
     """Decode with the declared charset; unknown or unusable charsets fall back to UTF-8."""
     try:
-        text = data.decode(charset)  # LookupError also for codecs that are not charsets (base64)
-    except (LookupError, UnicodeError, ValueError):
+        if codecs.lookup(charset).name not in _NOT_CHARSETS:
+            # LookupError also for codecs that are not charsets (base64)
+            return data.decode(charset)
+    except LookupError:
         pass
-    else:
-        return text
-    try:
-        text = data.decode(charset, "replace")
-        defects.append(f"{where}: bytes invalid in declared charset {charset!r} were replaced")
-        return text
-    except (LookupError, UnicodeError, ValueError):
-        defects.append(f"{where}: unknown charset {charset!r}, read as utf-8")
-        return data.decode("utf-8", "replace")
+    except ValueError:  # UnicodeError, or a charset name Python cannot look up
+        try:
+            text = data.decode(charset, "replace")
+            defects.append(f"{where}: bytes invalid in declared charset {charset!r} were replaced")
+            return text
+        except (LookupError, ValueError):
+            pass
+    defects.append(f"{where}: unknown charset {charset!r}, read as utf-8")
+    return data.decode("utf-8", "replace")
 
 
 def _message_ids(values: list[str]) -> tuple[str, ...]:
@@ -368,22 +510,34 @@ class _Leaf:
     is_attachment: bool
 
 
-def _read_body(root: _MimePart, defects: list[str]) -> tuple[str, tuple[Attachment, ...]]:
-    leaves = list(_leaves(root, defects))
-    attachments = tuple(_attachment(leaf, defects) for leaf in leaves if leaf.is_attachment)
-    inline = [leaf for leaf in leaves if not leaf.is_attachment]
+def _read_body(root: _MimePart, reading: _Reading) -> tuple[str, tuple[Attachment, ...]]:
+    """The text, then the attachments: the text matters more when time runs out."""
+    leaves = list(_leaves(root, reading))
+    text = _body_text([leaf for leaf in leaves if not leaf.is_attachment], reading)
+    attachments: list[Attachment] = []
+    for leaf in leaves:
+        if leaf.is_attachment:
+            if reading.out_of_time(f"attachment {len(attachments) + 1}"):
+                break
+            attachments.append(_attachment(leaf, reading.defects))
+    return text, tuple(attachments)
+
+
+def _body_text(inline: list[_Leaf], reading: _Reading) -> str:
     for leaf in inline:
         if leaf.content_type == "text/plain":
-            text = _part_text(leaf.part, defects)
+            text = _part_text(leaf.part, reading.defects)
             if text.strip():
-                return text, attachments
+                return text
     for leaf in inline:
         if leaf.content_type == "text/html":
-            return _html_to_text(_part_text(leaf.part, defects), defects), attachments
-    return "", attachments
+            if reading.out_of_time("the HTML body"):
+                return ""
+            return _html_to_text(_part_text(leaf.part, reading.defects), reading)
+    return ""
 
 
-def _leaves(root: _MimePart, defects: list[str]) -> Iterator[_Leaf]:
+def _leaves(root: _MimePart, reading: _Reading) -> Iterator[_Leaf]:
     """Leaf parts in document order, walked without recursion and at most `_MAX_PARTS`."""
     stack: list[_Child] = [root]
     seen = 0
@@ -393,19 +547,24 @@ def _leaves(root: _MimePart, defects: list[str]) -> Iterator[_Leaf]:
             continue  # the parser only ever attaches _MimePart objects
         seen += 1
         if seen > _MAX_PARTS:
-            defects.append(f"more than {_MAX_PARTS} MIME parts; the rest were not read")
+            reading.limit(f"more than {_MAX_PARTS} MIME parts; the rest were not read")
             return
-        defects.extend(_defect_note(defect) for defect in part.defects)
+        if reading.out_of_time(f"MIME part {seen}"):
+            return
+        if part is not root:
+            _note_cut_headers(part, reading)
+        reading.defects.extend(_defect_note(defect) for defect in part.defects)
         if part.is_multipart():
             stack.extend(reversed(cast(list[_Child], part.get_payload())))  # a list once multipart
         else:
-            yield _leaf(part, defects)
+            yield _leaf(part, reading)
 
 
-def _leaf(part: _MimePart, defects: list[str]) -> _Leaf:
+def _leaf(part: _MimePart, reading: _Reading) -> _Leaf:
+    defects = reading.defects
     declared = part.declared_type()
     if part.is_too_deep():
-        defects.append(f"MIME nested deeper than {_MAX_DEPTH} levels; kept as one attachment")
+        reading.limit(f"MIME nested deeper than {_MAX_DEPTH} levels; kept as one attachment")
         return _Leaf(part, declared, is_attachment=True)
     if declared.startswith("multipart/"):
         # RFC 2046 §5.1.1 needs the boundary; without it the body is plain text.
@@ -470,11 +629,16 @@ def _part_text(part: _MimePart, defects: list[str]) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _html_to_text(html: str, defects: list[str]) -> str:
+def _html_to_text(html: str, reading: _Reading) -> str:
+    if len(html) > MAX_HTML_CHARS:
+        reading.limit(f"HTML body: {len(html)} characters, converted to text up to "
+                      f"{MAX_HTML_CHARS}")
+        html = html[:MAX_HTML_CHARS]
     try:
         text: str = inscriptis.get_text(_HTML_CONTROLS.sub("", html))
     except Exception as exc:  # lxml raises assorted errors on hostile markup
-        defects.append(f"HTML body could not be converted to text ({type(exc).__name__})")
+        reading.defects.append(
+            f"HTML body could not be converted to text ({type(exc).__name__})")
         return ""
     return text
 
