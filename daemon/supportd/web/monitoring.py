@@ -7,13 +7,14 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from supportd.clock import Clock
-from supportd.metrics import REGISTRY, STORE
+from supportd.metrics import REGISTRY, STEP_STARTED_NAME, STORE
 from supportd.store.api import Counts, Store
 
 log = logging.getLogger("supportd.web")
@@ -21,6 +22,9 @@ log = logging.getLogger("supportd.web")
 STORE_TIMEOUT = 5.0  # seconds: a store slower than this is reported unhealthy
 # The outbox worker looks at due mail at least every second; a minute late means it is stuck.
 OUTBOX_LATE = timedelta(minutes=1)
+# A batch of normal mail takes milliseconds; 50 mails that each use up their parse budget
+# (mail/parse.py) take 100 s. Half a minute means processing stands still.
+PROCESSING_LATE = timedelta(seconds=30)
 
 
 def midnight(moment: datetime) -> datetime:
@@ -29,6 +33,23 @@ def midnight(moment: datetime) -> datetime:
 
 async def read_counts(store: Store, clock: Clock) -> Counts:
     return await asyncio.wait_for(store.counts(midnight(clock.now())), timeout=STORE_TIMEOUT)
+
+
+def processing_check(snapshot: bytes, now: datetime, late: timedelta) -> str:
+    """The /healthz check of the worker's processing step in hand, read from the worker's
+    metrics snapshot (empty when it did not answer): failed once the step runs past `late`."""
+    if not snapshot:
+        return "failed: the worker did not answer (busy in one step, or stuck)"
+    started = next((sample.value for family in text_string_to_metric_families(snapshot.decode())
+                    if family.name == STEP_STARTED_NAME for sample in family.samples), 0.0)
+    if not started:
+        return "ok: idle"
+    since = datetime.fromtimestamp(started, UTC)
+    running = (now - since).total_seconds()
+    if now - since > late:
+        return (f"failed: a processing step has run for {running:.0f} s, since "
+                f"{since:%Y-%m-%d %H:%M:%S} UTC (more than {late.total_seconds():g} s)")
+    return f"ok: a step running for {running:.0f} s"
 
 
 def monitoring_app(*, store: Store, clock: Clock, workers_running: Callable[[], bool],
@@ -48,6 +69,8 @@ def monitoring_app(*, store: Store, clock: Clock, workers_running: Callable[[], 
             checks["outbox"] = (f"failed: mail due since {due:%Y-%m-%d %H:%M:%S} UTC not tried"
                                 if late and due else
                                 f"ok: {counts.outbox.get('queued', 0)} queued")
+        checks["processing"] = processing_check(await worker_metrics(), clock.now(),
+                                               PROCESSING_LATE)
         healthy = all(v.startswith("ok") for v in checks.values())
         return web.Response(status=200 if healthy else 503, content_type="application/json",
                             text=json.dumps({"status": "ok" if healthy else "failing",
