@@ -37,7 +37,7 @@ from prometheus_client import generate_latest
 from supportd.clock import Clock, SystemClock
 from supportd.config import Config, ConfigInvalid, load_config
 from supportd.metrics import MAILS_PROCESSED, PROCESSING_SECONDS, WORKER_REGISTRY, processing_step
-from supportd.outbound.outbox import OutboxWorker, runner_id
+from supportd.outbound.outbox import OutboxWorker, runner_gone, runner_id
 from supportd.outbound.templates import load_renderer
 from supportd.outbound.transport import MaildirTransport, MxTransport, SmtpTransport, Transport
 from supportd.runner import POLL, Runner
@@ -193,6 +193,9 @@ async def run_worker(config: Config, *, socket_fd: int | None, parent_pid: int |
                           renderer=load_renderer(config), clock=clock,
                           max_attempts=config.outbound.max_attempts)
     processor = Processor(store, TicketService(config, store, clock), clock, outbox)
+    # A worker killed here (SIGKILL, OOM) left claims: free them now, not after the lease.
+    if released := await store.release_claims(runner_gone):
+        log.info("released %d claim(s) of workers that are gone", released)
 
     def reload(fresh: Config) -> None:
         processor.reload(fresh)

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -39,6 +40,20 @@ LEASE = 300.0  # seconds a claimed mail is ours: longer than any transport's tim
 def runner_id(role: str) -> str:
     """Who claims a row: host, process and role, as `claimed_by` shows it."""
     return f"{socket.gethostname()}:{os.getpid()}:{role}"
+
+
+def runner_gone(claimer: str) -> bool:
+    """Whether the runner named `claimer` was a process on this host that is no more."""
+    host, _, rest = claimer.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's: its lease says when it is free
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    # A killed worker whose parent died too may stay a zombie where nobody reaps (a container).
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def render_mail(payload: dict[str, Any], renderer: Renderer) -> bytes:

@@ -194,6 +194,10 @@ class Store(Protocol):
                         limit: int = 50) -> list[EffectRow]:
         """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`."""
 
+    async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
+        """Let go of the claims of every runner that `holder_gone` says is no more (a worker
+        killed on this host), so its rows need not wait for the lease; returns how many."""
+
     async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None: ...
 
     async def effect_retry(self, effect_id: int, runner: str, error: str, next_at: datetime,

@@ -327,6 +327,23 @@ class SqliteStore:
             return sorted((_effect_row(r) for r in rows), key=lambda e: e.id)
         return await self._write(claim)
 
+    async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
+        def release(tx: SqliteTx) -> int:
+            holders = [r[0] for r in tx._all(
+                "SELECT claimed_by FROM inbox WHERE state = 'new' AND state != 'done' "
+                "AND claimed_by IS NOT NULL UNION SELECT claimed_by FROM effects "
+                "WHERE state = 'queued' AND claimed_by IS NOT NULL", ())]
+            gone = [h for h in holders if holder_gone(h)]
+            if not gone:
+                return 0
+            marks = ",".join("?" * len(gone))
+            released = 0
+            for table in ("inbox", "effects"):
+                released += tx._run(f"UPDATE {table} SET claimed_by = NULL, lease_until = NULL "
+                                    f"WHERE claimed_by IN ({marks})", tuple(gone)).rowcount
+            return released
+        return await self._write(release)
+
     async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None:
         await self._write(lambda tx: tx._run(
             "UPDATE effects SET state = 'done', done_at = ?, attempts = attempts + 1, "
