@@ -99,7 +99,7 @@ class Supportd:
 
     def __init__(self, config: Config, clock: Clock, notifier: Notifier) -> None:
         self.config, self.clock, self.notifier = config, clock, notifier
-        self.sessions = Sessions()
+        self.sessions = Sessions(limit=config.smtp.max_sessions)
         self.handlers: list[IntakeHandler] = []
         self.servers: list[asyncio.Server] = []
         self.listening: dict[str, Sequence[socket.socket]] = {}  # "smtp", "lmtp": bound
@@ -170,8 +170,7 @@ class Supportd:
             log.warning("ignoring socket %r from systemd: supportd knows smtp, lmtp, http", name)
         for name, at, lmtp in listeners:
             handler = IntakeHandler(store=self.store, clock=self.clock, source=name,
-                                    addresses=self.config.addresses,
-                                    on_accept=self.worker.wake)
+                                    config=self.config, on_accept=self.worker.wake)
             server = await serve(
                 handler, at=at, hostname=smtp.hostname, max_size=smtp.max_message_size,
                 lmtp=lmtp, sessions=self.sessions)
@@ -220,7 +219,8 @@ class Supportd:
         for key in restart_only_changes(self.config, config):
             log.warning("reload: %s changed; that takes effect at the next restart", key)
         for handler in self.handlers:
-            handler.addresses = config.addresses
+            handler.use(config)
+        self.sessions.limit = config.smtp.max_sessions
         self.config = config
 
     async def _shutdown(self, workers: dict[str, Worker], tasks: list[asyncio.Task[None]],

@@ -73,6 +73,9 @@ class SmtpConfig:
     max_message_size: int
     shutdown_grace: int = 5         # seconds open sessions may go on after SIGTERM
     shutdown_timeout: int = 60      # seconds until sessions still in DATA are cut off
+    max_recipients: int = 100       # RCPTs in one transaction; more get 452 4.5.3
+    max_invalid_recipients: int = 20  # unknown RCPTs in one connection; then 421 4.7.0
+    max_sessions: int = 200         # open SMTP and LMTP sessions; more get 421 4.7.0
     # Whether the listener sits behind the MTA whose Authentication-Results are trusted.
     trust_authentication_results: bool = False
     lmtp_trust_authentication_results: bool = False
@@ -383,6 +386,10 @@ def _smtp(top: _Reader) -> SmtpConfig:
         max_message_size=smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024),
         shutdown_grace=smtp.integer("shutdown_grace", 5),
         shutdown_timeout=smtp.integer("shutdown_timeout", 60, minimum=1),
+        # RFC 5321 §4.5.3.1.8: a server must take at least 100 recipients per mail.
+        max_recipients=smtp.integer("max_recipients", 100, minimum=100),
+        max_invalid_recipients=smtp.integer("max_invalid_recipients", 20, minimum=1),
+        max_sessions=smtp.integer("max_sessions", 200, minimum=1),
         trust_authentication_results=smtp.boolean("trust_authentication_results", False),
         lmtp_trust_authentication_results=smtp.boolean(
             "lmtp_trust_authentication_results", False),

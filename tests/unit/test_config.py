@@ -119,6 +119,15 @@ IMAP = '[[imap]]\nname = "{name}"\nhost = "imap.example.com"\nuser = "u"\n' \
        'password_env = "HOME"\nafter = "seen"\n{extra}\n'
 
 
+def test_smtp_limits_have_defaults_and_bounds(tmp_path: Path) -> None:
+    smtp = load_config(write(tmp_path, MINIMAL)).smtp
+    assert (smtp.max_recipients, smtp.max_invalid_recipients, smtp.max_sessions) == (100, 20, 200)
+    found = errors(write(tmp_path, MINIMAL + "[smtp]\nmax_recipients = 50\nmax_sessions = 0\n"))
+    assert f"{tmp_path / 'supportd.toml'}: smtp.max_recipients: must be at least 100, " \
+           "not 50" in found
+    assert any(e.endswith("smtp.max_sessions: must be at least 1, not 0") for e in found)
+
+
 def test_authentication_results_are_trusted_per_listener(tmp_path: Path) -> None:
     """Finding 2: nothing is trusted unless a listener says so; then only that listener."""
     plain = load_config(write(tmp_path, MINIMAL + IMAP.format(name="provider", extra="")))

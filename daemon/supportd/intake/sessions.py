@@ -1,9 +1,14 @@
-"""SMTP sessions: the open SMTP/LMTP connections, tracked so a shutdown can drain them.
+"""SMTP sessions: the open SMTP/LMTP connections, bounded, and tracked so a shutdown can
+drain them.
+
+At most `limit` sessions are open at once (smtp.max_sessions): a connection over it is
+greeted `421 4.7.0` instead of `220` and closed (RFC 5321 §3.1). Any 421 a session sends
+closes its connection (RFC 5321 §3.8).
 
 On SIGTERM the listeners close first; open sessions carry on for a grace period. After it,
 a command that does not continue the transaction in progress gets `421 4.3.2` and the
-connection closes (RFC 5321 §3.8), idle sessions get that 421 unasked, and a mail already
-in its DATA phase is still received, stored and answered `250`.
+connection closes, idle sessions get that 421 unasked, and a mail already in its DATA
+phase is still received, stored and answered `250`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
@@ -24,7 +29,8 @@ CONTINUING = frozenset({"RCPT", "DATA", "QUIT"})
 
 
 class Sessions:
-    def __init__(self) -> None:
+    def __init__(self, *, limit: int) -> None:
+        self.limit = limit  # open sessions at most; a reload may change it
         self.open: set[_Draining] = set()
         self.closing = False
         self._changed = asyncio.Event()
@@ -70,6 +76,7 @@ class _Draining(SMTP):
     def __init__(self, handler: Any, *, sessions: Sessions, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.sessions = sessions
+        self.turned_away = False  # over the limit: aiosmtpd never saw this connection
         # aiosmtpd looks every command verb up in this table: guarding the lookup guards all.
         self._smtp_methods = _GuardedCommands(self, self._smtp_methods)
 
@@ -96,17 +103,35 @@ class _Draining(SMTP):
         return self.session.peer if self.session is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.sessions.open) >= self.sessions.limit:
+            log.warning("turning away an SMTP connection: %d sessions open (smtp.max_sessions)",
+                        len(self.sessions.open))
+            self.turned_away = True
+            busy = f"421 4.7.0 {self.hostname} too many connections, try again later\r\n"
+            cast("asyncio.Transport", transport).write(busy.encode())
+            transport.close()
+            return
         super().connection_made(transport)
         self.sessions.open.add(self)
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        # RFC 5321 §3.8: 421 means the server closes the connection.
+        code = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if code == "421" and self.transport is not None:
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         # aiosmtpd cancels the session here. A session cancelled before it ever ran (a
         # client that connects and closes at once, as health probes do) never closes its
         # side under uvloop; closing it here ends the connection under either loop.
-        super().eof_received()
+        if not self.turned_away:
+            super().eof_received()
         return False
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.turned_away:
+            return
         self.sessions.closed(self)
         super().connection_lost(error)
 

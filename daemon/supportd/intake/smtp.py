@@ -2,7 +2,9 @@
 
 Nothing else happens here: no parsing beyond the dedupe key, no ticket logic. A mail gets
 `250` only after its bytes are committed to the inbox table; when the store cannot commit,
-the client gets `451 4.3.0` and keeps the mail to retry (RFC 5321 §4.2.5).
+the client gets `451 4.3.0` and keeps the mail to retry (RFC 5321 §4.2.5). The limits of
+[smtp]: `max_recipients` per mail (452 4.5.3 beyond), `max_invalid_recipients` per
+connection (then 421 4.7.0 and the connection closes); `max_sessions` is the Sessions'.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from supportd.clock import Clock
+from supportd.config import Config
 from supportd.intake.sessions import Sessions
 from supportd.mail.addresses import Addresses
 from supportd.mail.parse import dedupe_key
@@ -28,17 +32,34 @@ log = logging.getLogger("supportd.intake")
 
 class IntakeHandler:
     def __init__(
-        self, *, store: Store, clock: Clock, source: str, addresses: Addresses,
+        self, *, store: Store, clock: Clock, source: str, config: Config,
         on_accept: Callable[[], None],
     ) -> None:
-        self.store, self.clock, self.source = store, clock, source
-        self.addresses, self.on_accept = addresses, on_accept
+        self.store, self.clock, self.source, self.on_accept = store, clock, source, on_accept
+        self.use(config)
+        # Unknown recipients asked for so far, per connection (aiosmtpd's Session).
+        self.refused: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
+
+    def use(self, config: Config) -> None:
+        """Take a checked config's addresses and limits; open sessions get them too."""
+        self.addresses: Addresses = config.addresses
+        self.max_recipients = config.smtp.max_recipients
+        self.max_invalid_recipients = config.smtp.max_invalid_recipients
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
+        # RFC 5321 §4.5.3.1.10: a full recipients buffer is 452; the client sends the rest
+        # in another transaction. Checked first, so it tells a guesser nothing.
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return f"452 4.5.3 too many recipients: at most {self.max_recipients} in one mail"
         if not self.addresses.accepts(address):
+            refused = self.refused[session] = self.refused.get(session, 0) + 1
+            if refused > self.max_invalid_recipients:
+                log.warning("closing session from %s after %d unknown recipients",
+                            session.peer, refused)
+                return "421 4.7.0 too many unknown recipients, closing connection"
             log.info("refused rcpt=<%s> from=%s", address, session.peer)
             return f"550 5.1.1 <{address}>: no such support address"
         envelope.rcpt_tos.append(address)
