@@ -216,11 +216,7 @@ def _customer_reply(incoming: Incoming, facts: Facts, config: Config, found: Tic
     if incoming.unauthenticated_agent:
         return replace(plan, summary="unauthenticated mail from an agent address stored; "
                                      "nothing changed")
-    if counted and found.mails_last_hour >= TICKET_MAIL_LIMIT:
-        # Two autoresponders without RFC 3834 headers (customer's and agent's) would
-        # otherwise ping-pong relays and notifications through this ticket forever.
-        reason = (f"{found.mails_last_hour} mails into this ticket in the last hour "
-                  f"(limit {TICKET_MAIL_LIMIT}): a mail loop is likely")
+    if counted and (reason := _loop_likely(found)):
         return replace(_add_events(plan, (SYSTEM, "not answered", f"ticket_loop: {reason}")),
                        summary=f"added, not answered: {reason}")
     added: list[str] = []
@@ -244,9 +240,7 @@ def _agent_mail(incoming: Incoming, facts: Facts, config: Config, found: TicketF
     ticket, agent = found.ticket, incoming.sender
     parsed = incoming.commands
     assert parsed is not None  # prepared for every authenticated agent's answerable mail
-    if found.mails_last_hour >= TICKET_MAIL_LIMIT:
-        reason = (f"{found.mails_last_hour} mails into this ticket in the last hour "
-                  f"(limit {TICKET_MAIL_LIMIT}): a mail loop is likely")
+    if reason := _loop_likely(found):
         return Plan(summary=f"added, not answered: {reason}", ticket_id=ticket.id,
                     message=_message(incoming, incoming.body, kind="machine"),
                     events=(*_flags(incoming, facts),
@@ -411,6 +405,16 @@ def _flags(incoming: Incoming, facts: Facts) -> list[tuple[str, str, str]]:
                        f"Message-ID <{incoming.mail.message_id}> was already used by another "
                        "mail: stored, but never used to thread other mail here"))
     return events
+
+
+def _loop_likely(found: TicketFacts) -> str | None:
+    """Why mail into this ticket is not answered now, or None: a person rarely writes 20
+    mails an hour into one ticket, two autoresponders without RFC 3834 headers (the
+    customer's and an agent's) ping-pong relays and notifications through it forever."""
+    if found.mails_last_hour < TICKET_MAIL_LIMIT:
+        return None
+    return (f"{found.mails_last_hour} mails into this ticket in the last hour "
+            f"(limit {TICKET_MAIL_LIMIT}): a mail loop is likely")
 
 
 def _over_limit(recipient: str, facts: Facts, config: Config) -> str | None:
