@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from supportd.mail.addresses import Addresses
 from supportd.mail.classify import Decision, classify
 from supportd.mail.parse import Address, Attachment, ParsedMail, parse_mail
 
 SUPPORT = "support@help.example.com"
-OWN = frozenset({SUPPORT})
+OWN = Addresses(support=frozenset({SUPPORT}), hmac_key=b"k" * 32, agents=())
 ALICE = Address("alice@customer.example", "Alice Customer")
 
 
@@ -54,7 +55,7 @@ def decide(
     return classify(
         mail,
         envelope_sender=envelope_sender,
-        own_addresses=OWN,
+        addresses=OWN,
         auto_mails_last_hour=auto_mails_last_hour,
         auto_mail_limit=5,
     )
@@ -394,6 +395,7 @@ def test_flanker_list_archive_mail_is_bulk(corpora: Path, name: str) -> None:
 
 def test_mail_naming_no_sender_anywhere_is_not_answered() -> None:
     mail = parse_mail(b"To: support@example.com\nSubject: hello\n\nwho am I?\n")
-    decision = classify(mail, envelope_sender=None, own_addresses=frozenset(),
+    decision = classify(mail, envelope_sender=None,
+                        addresses=Addresses(support=frozenset(), hmac_key=b"", agents=()),
                         auto_mails_last_hour=0, auto_mail_limit=3)
     assert (decision.answerable, decision.check) == (False, "null_sender")

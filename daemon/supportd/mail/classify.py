@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value, getaddresses
 
+from supportd.mail.addresses import Addresses
 from supportd.mail.parse import ParsedMail
 
 
@@ -30,7 +31,7 @@ class Circumstances:
     """What classify knows besides the mail itself."""
 
     envelope_sender: str | None  # SMTP MAIL FROM; "" for the null sender <>, None when unknown
-    own_addresses: frozenset[str]  # supportd's own addresses, lower-case
+    addresses: Addresses  # supportd's own
     auto_mails_last_hour: int  # automatic mails already sent to this sender in the last hour
     auto_mail_limit: int
 
@@ -118,14 +119,14 @@ def classify(
     mail: ParsedMail,
     *,
     envelope_sender: str | None,
-    own_addresses: frozenset[str],
+    addresses: Addresses,
     auto_mails_last_hour: int,
     auto_mail_limit: int,
 ) -> Decision:
     """The first decision of `CHECKS` about `mail`, or `human` when none of them objects."""
     circumstances = Circumstances(
         envelope_sender=envelope_sender,
-        own_addresses=own_addresses,
+        addresses=addresses,
         auto_mails_last_hour=auto_mails_last_hour,
         auto_mail_limit=auto_mail_limit,
     )
@@ -151,11 +152,11 @@ def null_sender(mail: ParsedMail, circumstances: Circumstances) -> Decision | No
 
 
 def our_own_mail(mail: ParsedMail, circumstances: Circumstances) -> Decision | None:
-    own = circumstances.own_addresses
-    if mail.from_addr is not None and _is_own(mail.from_addr.email, own):
+    ours = circumstances.addresses.is_ours  # reply-token addresses are ours as well
+    if mail.from_addr is not None and ours(mail.from_addr.email):
         return Decision(False, "our_own_mail", f"From {mail.from_addr.email} is supportd itself")
     # supportd stamps X-Loop with its address on all it sends; seeing it again closes a loop.
-    looped = [email for email in _emails(mail.header_all("x-loop")) if _is_own(email, own)]
+    looped = [email for email in _emails(mail.header_all("x-loop")) if ours(email)]
     if looped:
         return Decision(False, "our_own_mail", f"X-Loop: {looped[0]} shows a mail loop")
     return None
@@ -291,12 +292,6 @@ def _is_null_path(value: str | None) -> bool:
 
 def _emails(values: Iterable[str]) -> list[str]:
     return [email.lower() for _, email in getaddresses(list(values)) if email]
-
-
-def _is_own(email: str, own: frozenset[str]) -> bool:
-    # Reply-token addresses (support+<ticket>-<hmac>@domain) are ours as well.
-    local, _, domain = email.lower().partition("@")
-    return email.lower() in own or f"{local.split('+')[0]}@{domain}" in own
 
 
 def _first_token(value: str) -> str:

@@ -54,7 +54,7 @@ def prepare(row: InboxRow, config: Config) -> Incoming:
     # The per-recipient limit is not a classification: it holds back automatic answers only
     # (decide), never the processing of a person's mail.
     decision = classify(mail, envelope_sender=row.mail_from,
-                        own_addresses=frozenset(support.addresses),
+                        addresses=config.addresses,
                         auto_mails_last_hour=0, auto_mail_limit=1)
     if decision.answerable and not is_mailbox(answer_to):
         decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
