@@ -25,8 +25,6 @@ from pathlib import Path
 
 import aioimaplib
 
-from supportd.store.sqlite import parse_timestamp
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test suite's Dovecot and daemon helpers
 
@@ -131,7 +129,7 @@ def main() -> None:
                 client.append(mail(subject=subject).as_bytes())
             row = wait_for(lambda s=subject: daemon.query(
                 "SELECT created_at FROM tickets WHERE subject = ?", s), what=subject)
-            delays.append((parse_timestamp(row[0][0]).timestamp() - sent) * 1000)
+            delays.append((datetime.fromisoformat(row[0][0]).timestamp() - sent) * 1000)
     finally:
         daemon.stop()
         server.stop()

@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from supportd.store.sqlite import Store
+from supportd.store.api import open_store
 
 BATCH = 20_000
 AT = "2024-01-01T00:00:00.000000Z"
@@ -47,7 +47,7 @@ def fill(path: Path, tickets: int) -> None:
 
 
 async def _create(path: Path) -> None:
-    store = await Store.open(path)
+    store = await open_store(path)  # the schema, migrated as supportd does
     await store.close()
 
 
