@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.integration.conftest import Daemon, body_text, mail, reply_to
+from tests.integration.conftest import Daemon, body_text, free_port, mail, reply_to
 
 CUSTOMER = "carol@customer.example"
 FIRST_ID = "<first@customer.example>"
@@ -124,17 +124,24 @@ def test_forged_agent_mail_changes_nothing(daemon: Daemon) -> None:
     assert any(e.startswith("unauthenticated:") for e in daemon.events(1))
 
 
-def test_agent_authenticated_by_trusted_dkim_result(daemon: Daemon) -> None:
-    open_ticket(daemon)
-    answer = mail(sender="alice@example.com", to="support@example.com",
-                  subject="Re: [Support #1] Our app is down", body="#status solved\n\nFixed.",
-                  Authentication_Results="mx.example.com; dkim=pass header.d=example.com")
+def test_agent_authenticated_by_trusted_dkim_result(tmp_path: Path) -> None:
+    """On a listener declared to sit behind the trusted MTA (here the loopback SMTP one)."""
+    trusted = Daemon(tmp_path, free_port(), edits=(
+        ("[smtp]\n", "[smtp]\ntrust_authentication_results = true\n"),))
+    trusted.start()
+    try:
+        open_ticket(trusted)
+        answer = mail(sender="alice@example.com", to="support@example.com",
+                      subject="Re: [Support #1] Our app is down", body="#status solved\n\nFixed.",
+                      Authentication_Results="mx.example.com; dkim=pass header.d=example.com")
 
-    daemon.send(answer)
+        trusted.send(answer)
 
-    [relay] = daemon.new_mail(1)
-    assert relay["To"] == CUSTOMER and "Fixed." in body_text(relay)
-    assert daemon.ticket(1)["status"] == "solved"
+        [relay] = trusted.new_mail(1)
+        assert relay["To"] == CUSTOMER and "Fixed." in body_text(relay)
+        assert trusted.ticket(1)["status"] == "solved"
+    finally:
+        trusted.stop()
 
 
 def test_dkim_result_from_untrusted_server_does_not_authenticate(daemon: Daemon) -> None:

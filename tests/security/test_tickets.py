@@ -145,7 +145,7 @@ def test_a_mail_with_thousands_of_cc_adds_at_most_twenty(daemon: Daemon) -> None
     reply then queued 2 001 relays in one transaction."""
     flood = mail(sender=CUSTOMER, Cc=", ".join(f"p{n}@customer.example" for n in range(2000)))
     daemon.send(flood)
-    _, note = daemon.new_mail(2)
+    note = next(m for m in daemon.new_mail(2) if m["To"] == "alice@example.com")
 
     assert len(participants(daemon, 1)) == 21  # the requester and 20
     assert any(e.startswith("participants limited: 1980 more") for e in daemon.events(1))
