@@ -36,6 +36,7 @@ from supportd.mail.parse import dedupe_key, parse_mail
 from supportd.outbound import outbox as outbox_module
 from supportd.outbound.templates import load_renderer
 from supportd.store.api import open_store
+from supportd.tickets import decide as decide_module
 from supportd.tickets import prepare as prepare_module
 from supportd.tickets import service as service_module
 from supportd.tickets.service import TicketService
@@ -113,9 +114,9 @@ async def run(mails: list[bytes], folder: Path, profile: cProfile.Profile) -> di
     renderer = load_renderer(config)
     stages = StageClock()
     # The service calls these by module name, so timing them means wrapping them there.
-    setattr(service_module, "prepare", stages.sync("prepare", service_module.prepare))  # noqa: B010
+    setattr(service_module, "prepare", stages.sync("prepare", prepare_module.prepare))  # noqa: B010
     setattr(prepare_module, "parse_mail", stages.sync("parse", parse_mail))  # noqa: B010
-    setattr(service_module, "decide", stages.sync("decide", service_module.decide))  # noqa: B010
+    setattr(service_module, "decide", stages.sync("decide", decide_module.decide))  # noqa: B010
     setattr(TicketService, "_facts", stages.sync("facts", TicketService._facts))  # noqa: B010
     setattr(TicketService, "apply", stages.sync("apply", TicketService.apply))  # noqa: B010
     render = profiled(profile, stages.sync("render", outbox_module.render_mail))
