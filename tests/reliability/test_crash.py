@@ -55,7 +55,7 @@ def test_three_sigkills_while_postfix_relays_lose_and_double_nothing(tmp_path: P
             "SELECT i.dedupe_key, i.state, count(m.id) AS entries FROM inbox i "
             "LEFT JOIN messages m ON m.inbox_id = i.id GROUP BY i.id")
         stored = [r["dedupe_key"].removeprefix("mid:").partition(" ")[0] for r in rows]
-        entries = {r["dedupe_key"].removeprefix("mid:").partition(" ")[0]: r["entries"] for r in rows}
+        entries = dict(zip(stored, (r["entries"] for r in rows), strict=True))
         lost = set(sent) - set(stored)
         doubled = [k for k, n in entries.items() if n != 1] + \
             [k for k in set(stored) if stored.count(k) > 1]

@@ -50,15 +50,8 @@ def decide(
     mail: ParsedMail,
     *,
     envelope_sender: str | None = "alice@customer.example",
-    auto_mails_last_hour: int = 0,
 ) -> Decision:
-    return classify(
-        mail,
-        envelope_sender=envelope_sender,
-        addresses=OWN,
-        auto_mails_last_hour=auto_mails_last_hour,
-        auto_mail_limit=5,
-    )
+    return classify(mail, envelope_sender=envelope_sender, addresses=OWN)
 
 
 def attachment(content_type: str) -> Attachment:
@@ -265,15 +258,6 @@ def test_no_reply_sender_with_a_personal_reply_to_is_answerable() -> None:
     assert decide(mail).answerable
 
 
-def test_sender_at_the_hourly_limit_is_rate_limited() -> None:
-    decision = decide(make_mail(), auto_mails_last_hour=5)
-    assert (decision.answerable, decision.check) == (False, "rate_limited")
-
-
-def test_sender_below_the_hourly_limit_is_answerable() -> None:
-    assert decide(make_mail(), auto_mails_last_hour=4).answerable
-
-
 def test_first_matching_check_decides() -> None:
     mail = make_mail(headers=(("auto-submitted", "auto-replied"), ("list-id", "<l.example>")))
     assert decide(mail, envelope_sender="").check == "null_sender"
@@ -396,6 +380,5 @@ def test_flanker_list_archive_mail_is_bulk(corpora: Path, name: str) -> None:
 def test_mail_naming_no_sender_anywhere_is_not_answered() -> None:
     mail = parse_mail(b"To: support@example.com\nSubject: hello\n\nwho am I?\n")
     decision = classify(mail, envelope_sender=None,
-                        addresses=Addresses(support=frozenset(), hmac_key=b"", agents=()),
-                        auto_mails_last_hour=0, auto_mail_limit=3)
+                        addresses=Addresses(support=frozenset(), hmac_key=b"", agents=()))
     assert (decision.answerable, decision.check) == (False, "null_sender")

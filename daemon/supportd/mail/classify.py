@@ -32,8 +32,6 @@ class Circumstances:
 
     envelope_sender: str | None  # SMTP MAIL FROM; "" for the null sender <>, None when unknown
     addresses: Addresses  # supportd's own
-    auto_mails_last_hour: int  # automatic mails already sent to this sender in the last hour
-    auto_mail_limit: int
 
 
 Check = Callable[[ParsedMail, Circumstances], Decision | None]
@@ -120,16 +118,12 @@ def classify(
     *,
     envelope_sender: str | None,
     addresses: Addresses,
-    auto_mails_last_hour: int,
-    auto_mail_limit: int,
 ) -> Decision:
-    """The first decision of `CHECKS` about `mail`, or `human` when none of them objects."""
-    circumstances = Circumstances(
-        envelope_sender=envelope_sender,
-        addresses=addresses,
-        auto_mails_last_hour=auto_mails_last_hour,
-        auto_mail_limit=auto_mail_limit,
-    )
+    """The first decision of `CHECKS` about `mail`, or `human` when none of them objects.
+
+    How many automatic mails a sender already had is not a classification: `decide` holds
+    back the automatic answer only, never the processing of a person's mail."""
+    circumstances = Circumstances(envelope_sender=envelope_sender, addresses=addresses)
     for check in CHECKS:
         decision = check(mail, circumstances)
         if decision is not None:
@@ -259,18 +253,6 @@ def no_reply_sender(mail: ParsedMail, circumstances: Circumstances) -> Decision 
     return Decision(False, "no_reply_sender", f"From {sender} takes no replies")
 
 
-def rate_limited(mail: ParsedMail, circumstances: Circumstances) -> Decision | None:
-    # RFC 3834 §3.1.5: limit how often one sender gets automatic responses.
-    if circumstances.auto_mails_last_hour >= circumstances.auto_mail_limit:
-        return Decision(
-            False,
-            "rate_limited",
-            f"sender already got {circumstances.auto_mails_last_hour} automatic mails"
-            f" in the last hour (limit {circumstances.auto_mail_limit})",
-        )
-    return None
-
-
 CHECKS: tuple[Check, ...] = (
     null_sender,
     our_own_mail,
@@ -282,7 +264,6 @@ CHECKS: tuple[Check, ...] = (
     precedence_bulk,
     mailing_list,
     no_reply_sender,
-    rate_limited,
 )
 
 

@@ -418,7 +418,9 @@ def _loop_likely(found: TicketFacts) -> str | None:
 
 
 def _over_limit(recipient: str, facts: Facts, config: Config) -> str | None:
-    """Why an automatic mail to `recipient` is held back now, or None if it may go."""
+    """Why an automatic mail to `recipient` is held back now, or None if it may go.
+
+    RFC 3834 §3.1.5: limit how often one address gets automatic responses."""
     sent = facts.automatic_mails_last_hour.get(recipient, 0)
     limit = config.support.auto_mail_limit
     if sent < limit:

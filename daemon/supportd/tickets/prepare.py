@@ -51,11 +51,7 @@ def prepare(row: InboxRow, config: Config) -> Incoming:
     # RFC 5322 §3.6.2: answers go to Reply-To when there is one (web forms, no-reply robots).
     answer_to = next((a.email for a in mail.reply_to if not config.addresses.is_ours(a.email)),
                      sender)
-    # The per-recipient limit is not a classification: it holds back automatic answers only
-    # (decide), never the processing of a person's mail.
-    decision = classify(mail, envelope_sender=row.mail_from,
-                        addresses=config.addresses,
-                        auto_mails_last_hour=0, auto_mail_limit=1)
+    decision = classify(mail, envelope_sender=row.mail_from, addresses=config.addresses)
     if decision.answerable and not is_mailbox(answer_to):
         decision = Decision(False, "no_address", f"no address to answer: {answer_to!r}")
     commands = None
