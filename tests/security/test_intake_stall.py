@@ -106,6 +106,8 @@ def test_normal_mail_gets_its_250_within_1_s_after_a_3_mb_encoded_word_mail(
     assert first["raw"].rstrip(b"\r\n") == big.rstrip(b"\r\n")
     assert first["state"] == "done" and first["ticket_id"] is not None
     assert first["subject"].startswith("café café") and len(first["subject"]) < len(big) / 8
+    assert any(e.startswith("not read whole: ") and "kept raw as inbox 1" in e
+               for e in big_daemon.events(first["ticket_id"]))  # marked for an agent
     assert [(row["state"], row["subject"]) for row in others] == [
         ("done", f"Normal mail {n}") for n in range(1, normal + 1)]
     assert len({row["ticket_id"] for row in [first, *others]}) == 1 + normal

@@ -400,6 +400,10 @@ def _flags(incoming: Incoming, facts: Facts) -> list[tuple[str, str, str]]:
                        f"mail from agent address {incoming.sender} is not authenticated "
                        "(no agent reply token, no trusted DKIM/DMARC pass): handled as "
                        "customer mail, commands not run, nobody added, not used for threading"))
+    if incoming.mail.cut:  # a limit of parse bit: an agent should look at the raw mail
+        events.append((SYSTEM, "not read whole",
+                       "; ".join(incoming.mail.cut) + f"; the whole mail is kept raw as inbox "
+                       f"{incoming.row.id}"))
     if facts.message_id_taken:
         events.append((SYSTEM, "message-id reused",
                        f"Message-ID <{incoming.mail.message_id}> was already used by another "
