@@ -209,8 +209,7 @@ def _customer_reply(incoming: Incoming, facts: Facts, config: Config, found: Tic
     counted = not incoming.unauthenticated_agent and incoming.decision.answerable
     plan = Plan(summary="", ticket_id=ticket.id, message=_message(incoming, incoming.body),
                 events=tuple(_flags(incoming, facts)),
-                remember_message_id=(_rememberable(incoming, facts)
-                                     if not incoming.unauthenticated_agent else None))
+                remember_message_id=_rememberable(incoming, facts))
     if not incoming.decision.answerable:
         return replace(plan, summary=f"added, not answered: {incoming.decision.reason}")
     if incoming.unauthenticated_agent:
@@ -383,8 +382,10 @@ def _message(incoming: Incoming, body: str, *, kind: str | None = None) -> Store
 
 
 def _rememberable(incoming: Incoming, facts: Facts) -> str | None:
-    """The mail's Message-ID as a threading key: never one another mail already uses."""
-    if facts.message_id_taken:
+    """The mail's Message-ID as a threading key: never one another mail already uses, nor
+    one from a mail that names an agent without proof (a stranger would plant the key her
+    own replies then thread by)."""
+    if facts.message_id_taken or incoming.unauthenticated_agent:
         return None
     return incoming.mail.message_id
 
