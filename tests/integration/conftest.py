@@ -264,3 +264,12 @@ def copied_templates(tmp_path: Path) -> Path:
     folder = tmp_path / "templates"
     shutil.copytree(REPO / "templates", folder)
     return folder
+
+
+def worker_pid(daemon: Daemon) -> int:
+    """The daemon's one child process, found through /proc (the worker)."""
+    assert daemon.process is not None
+    children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children")
+    pids = wait_for(lambda: children.read_text().split(), what="the worker process")
+    assert len(pids) == 1, pids
+    return int(pids[0])

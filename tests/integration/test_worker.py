@@ -6,16 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.integration.conftest import Daemon, mail, wait_for
-
-
-def worker_pid(daemon: Daemon) -> int:
-    """The daemon's one child process, found through /proc (the worker)."""
-    assert daemon.process is not None
-    children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children")
-    pids = wait_for(lambda: children.read_text().split(), what="the worker process")
-    assert len(pids) == 1, pids
-    return int(pids[0])
+from tests.integration.conftest import Daemon, mail, wait_for, worker_pid
 
 
 def alive(pid: int) -> bool:

@@ -25,7 +25,7 @@ from prometheus_client import generate_latest
 
 from supportd.metrics import WORKER_REGISTRY, processing_step
 from supportd.web.monitoring import processing_check
-from tests.integration.conftest import Daemon, free_port, mail, wait_for
+from tests.integration.conftest import Daemon, free_port, mail, wait_for, worker_pid
 
 BIG = 3_300_000
 
@@ -121,7 +121,7 @@ def test_healthz_fails_while_the_worker_is_stuck_and_recovers_after(big_daemon: 
     with the reason; once the worker runs again it is ok."""
     status, health = healthz(big_daemon)
     assert status == 200, health
-    worker = wait_for(lambda: _worker_pid(big_daemon), what="the worker process")
+    worker = worker_pid(big_daemon)
     os.kill(worker, signal.SIGSTOP)
     try:
         status, health = healthz(big_daemon)
@@ -130,13 +130,6 @@ def test_healthz_fails_while_the_worker_is_stuck_and_recovers_after(big_daemon: 
     assert status == 503, health
     assert health["checks"]["processing"].startswith("failed: the worker did not answer"), health
     wait_for(lambda: healthz(big_daemon)[0] == 200, what="/healthz ok again")
-
-
-def _worker_pid(daemon: Daemon) -> int | None:
-    assert daemon.process is not None
-    children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children")
-    pids = [int(pid) for pid in children.read_text().split()]
-    return pids[0] if len(pids) == 1 else None
 
 
 def test_processing_step_longer_than_its_bound_fails_healthz() -> None:
