@@ -11,7 +11,6 @@ better). `BENCH_SCALE` applies to both.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from run import machine
+from run import json_rows, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BENCHES = ("bench_smtp.py", "bench_scale.py")
@@ -38,15 +37,9 @@ def run_bench(tree: Path, script: str) -> list[dict[str, Any]]:
     result = subprocess.run(
         [sys.executable, script], cwd=bench, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": f"{bench}{os.pathsep}{tree / 'daemon'}"})
-    rows = []
-    for line in result.stdout.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(line, file=sys.stderr)
     if result.returncode != 0:
         raise SystemExit(f"{tree.name}: {script} exited with {result.returncode}")
-    return rows
+    return json_rows(result.stdout)
 
 
 def main() -> int:

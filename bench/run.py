@@ -14,8 +14,20 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+
+
+def json_rows(stdout: str) -> list[dict[str, Any]]:
+    """A bench's JSON rows (one object a line); any other line it printed goes to stderr."""
+    rows = []
+    for line in stdout.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(line, file=sys.stderr)
+    return rows
 
 
 def machine() -> str:
@@ -39,11 +51,7 @@ def main() -> int:
         print(f"running {script.name} ...", file=sys.stderr, flush=True)
         result = subprocess.run([sys.executable, script.name], cwd=HERE, stdout=subprocess.PIPE,
                                 text=True, env={**os.environ, "PYTHONPATH": str(HERE)})
-        for line in result.stdout.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(line, file=sys.stderr)
+        rows += json_rows(result.stdout)
         if result.returncode != 0:
             failures.append(f"{script.name} exited with {result.returncode}")
     print(f"\nsupportd bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}, "
