@@ -133,6 +133,23 @@ async def test_claimed_inbox_rows_are_nobody_elses_until_the_lease_expires(
     await store.close()
 
 
+async def test_a_claim_skips_its_fsync_and_the_next_write_is_durable_again(
+        tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.sqlite3")
+    await store.accept(b"Subject: 1\r\n\r\nx\r\n", key="k1", source="smtp",
+                       mail_from="a@x", rcpt_to=["s@x"], at=NOW)
+    seen = []
+
+    def claim_and_look(tx: Tx) -> list[object]:
+        seen.append(tx._all("PRAGMA synchronous", ())[0][0])  # type: ignore[attr-defined]
+        return []
+    await store._write(claim_and_look, durable=False)
+    assert await store.claim_inbox("one", now=NOW, lease=60, limit=1, max_bytes=1_000_000)
+    await store.write(claim_and_look)
+    assert seen == [1, 2]  # NORMAL for the claim, FULL (a commit on disk) after it
+    await store.close()
+
+
 async def test_a_claimed_effect_is_taken_once_and_retried_when_due(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "s.sqlite3")
     await store.write(lambda tx: tx.add_effect(Effect("mail", None, {"n": 1}, NOW), at=NOW))

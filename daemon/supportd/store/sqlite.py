@@ -156,20 +156,29 @@ class SqliteStore:
         """Run `work` as one write transaction (see `_write`)."""
         return await self._write(work)
 
-    async def _write(self, work: Callable[[SqliteTx], T]) -> T:
+    async def _write(self, work: Callable[[SqliteTx], T], *, durable: bool = True) -> T:
         """Run `work` as one write transaction on the writer thread and return its result.
 
         It commits when `work` returns and rolls back when it raises; the lock is held only
-        for this one call, never across event-loop turns.
+        for this one call, never across event-loop turns. A transaction that is not `durable`
+        (a claim) commits without its own fsync: the next durable commit's fsync of the WAL
+        takes it to disk too, and a power cut before that loses only the claim, which a
+        restart would have released anyway.
         """
         async with self._writing:
             return await asyncio.get_running_loop().run_in_executor(
-                self._writer_thread, self._transaction, work)
+                self._writer_thread, self._transaction, work, durable)
 
-    def _transaction(self, work: Callable[[SqliteTx], T]) -> T:
+    def _transaction(self, work: Callable[[SqliteTx], T], durable: bool) -> T:
         """In the writer thread: lock, BEGIN, the work, COMMIT, unlock."""
         with _translated():
-            return self._run_transaction(work)
+            if durable:
+                return self._run_transaction(work)
+            self._writer.execute("PRAGMA synchronous=NORMAL")  # outside a transaction only
+            try:
+                return self._run_transaction(work)
+            finally:
+                self._writer.execute("PRAGMA synchronous=FULL")
 
     def _run_transaction(self, work: Callable[[SqliteTx], T]) -> T:
         self._begin()
@@ -294,7 +303,7 @@ class SqliteStore:
         held by `runner` until `lease` seconds from `now`."""
         return await self._write(partial(_claim_inbox, runner=runner, now=timestamp(now),
                                         until=timestamp(now + timedelta(seconds=lease)),
-                                        limit=limit, max_bytes=max_bytes))
+                                        limit=limit, max_bytes=max_bytes), durable=False)
 
     async def inbox_row(self, inbox_id: int) -> InboxRow | None:
         rows = await self._all("SELECT * FROM inbox WHERE id = ?", (inbox_id,))
@@ -325,7 +334,7 @@ class SqliteStore:
                 "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING *",
                 (runner, until, kind, at, at, limit))
             return sorted((_effect_row(r) for r in rows), key=lambda e: e.id)
-        return await self._write(claim)
+        return await self._write(claim, durable=False)
 
     async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
         def release(tx: SqliteTx) -> int:
