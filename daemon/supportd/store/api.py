@@ -188,17 +188,22 @@ class Store(Protocol):
     async def claim_inbox(self, runner: str, *, now: datetime, lease: float, limit: int,
                           max_bytes: int) -> list[InboxRow]:
         """The oldest new rows nobody holds, about `max_bytes` at most (at least one), now
-        held by `runner` for `lease` seconds."""
+        held by `runner` for `lease` seconds. A claim survives a crash of the process; a
+        power cut may lose it, which leaves the rows free again, as a restart does."""
 
     async def claim_due(self, kind: EffectKind, runner: str, *, now: datetime, lease: float,
                         limit: int = 50) -> list[EffectRow]:
-        """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`."""
+        """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`
+        (lost to a power cut as `claim_inbox`'s claims are)."""
 
     async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
         """Let go of the claims of every runner that `holder_gone` says is no more (a worker
         killed on this host), so its rows need not wait for the lease; returns how many."""
 
-    async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None: ...
+    async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None:
+        """Mark the effect done. It survives a crash of the process; a power cut just after
+        may lose the mark, and the effect is then done again (as after a crash between the
+        effect and this call): effects must bear being repeated."""
 
     async def effect_retry(self, effect_id: int, runner: str, error: str, next_at: datetime,
                            *, give_up: bool) -> None: ...

@@ -161,9 +161,9 @@ class SqliteStore:
 
         It commits when `work` returns and rolls back when it raises; the lock is held only
         for this one call, never across event-loop turns. A transaction that is not `durable`
-        (a claim) commits without its own fsync: the next durable commit's fsync of the WAL
-        takes it to disk too, and a power cut before that loses only the claim, which a
-        restart would have released anyway.
+        (a claim, an effect marked done) commits without its own fsync: the next durable
+        commit's fsync of the WAL takes it to disk too, and only a power cut before that loses
+        it (a claim, which a restart releases anyway; a done mark, so the effect is repeated).
         """
         async with self._writing:
             return await asyncio.get_running_loop().run_in_executor(
@@ -354,10 +354,12 @@ class SqliteStore:
         return await self._write(release)
 
     async def effect_done(self, effect_id: int, runner: str, at: datetime) -> None:
+        # Not durable: a power cut just after it can only repeat the effect, as a crash
+        # between the effect and this mark can (a SIGKILL loses no commit in WAL mode).
         await self._write(lambda tx: tx._run(
             "UPDATE effects SET state = 'done', done_at = ?, attempts = attempts + 1, "
             "last_error = NULL, claimed_by = NULL, lease_until = NULL WHERE id = ?",
-            (timestamp(at), effect_id)))
+            (timestamp(at), effect_id)), durable=False)
 
     async def effect_retry(self, effect_id: int, runner: str, error: str, next_at: datetime,
                            *, give_up: bool) -> None:
