@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from supportd.store.api import Effect, StoreUnavailable, Tx
+from supportd.store.sqlite import CLAIM_EFFECTS
 from supportd.store.sqlite import SqliteStore as Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -168,6 +169,19 @@ async def test_a_claimed_effect_is_taken_once_and_retried_when_due(tmp_path: Pat
     assert (retried.attempts, retried.last_error) == (1, "refused")
     await store.effect_done(retried.id, "two", NOW + timedelta(minutes=1))
     assert await store.next_due("mail") is None
+    await store.close()
+
+
+async def test_a_claim_takes_the_earliest_due_and_reads_no_more_than_it_takes(
+        tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.sqlite3")
+    await store.write(lambda tx: [tx.add_effect(
+        Effect("mail", None, {"n": n}, NOW - timedelta(seconds=n)), at=NOW) for n in range(5)])
+    claimed = await store.claim_due("mail", "one", now=NOW, lease=60, limit=2)
+    assert [e.payload["n"] for e in claimed] == [4, 3]  # retries that fell due first go first
+    plan = await store.write(lambda tx: tx._all(  # type: ignore[attr-defined]
+        f"EXPLAIN QUERY PLAN {CLAIM_EFFECTS}", ("r", "t", "mail", "t", "t", 50)))
+    assert not any("TEMP B-TREE" in row[3] for row in plan), plan  # no sort of every due row
     await store.close()
 
 

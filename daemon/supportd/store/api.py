@@ -193,8 +193,8 @@ class Store(Protocol):
 
     async def claim_due(self, kind: EffectKind, runner: str, *, now: datetime, lease: float,
                         limit: int = 50) -> list[EffectRow]:
-        """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`
-        (lost to a power cut as `claim_inbox`'s claims are)."""
+        """Queued effects of `kind` due by `now` that nobody holds, earliest due first, now
+        held by `runner` (lost to a power cut as `claim_inbox`'s claims are)."""
 
     async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
         """Let go of the claims of every runner that `holder_gone` says is no more (a worker

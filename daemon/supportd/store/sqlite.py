@@ -95,6 +95,13 @@ PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_time
 # Read both inside write transactions (SqliteTx) and outside them (Store, for the CLI).
 _TICKET = "SELECT * FROM tickets WHERE id = ?"
 _PARTICIPANTS = "SELECT email, role FROM participants WHERE ticket_id = ? ORDER BY rowid"
+# In the order of the index effects_due (kind, due_at, then rowid): the first `limit` rows
+# are read and no more. "ORDER BY id" sorted every due row first, with the lock held: 29 ms
+# for a claim when 40 000 mails were queued.
+CLAIM_EFFECTS = (
+    "UPDATE effects SET claimed_by = ?, lease_until = ? WHERE id IN ("
+    "SELECT id FROM effects WHERE kind = ? AND state = 'queued' AND due_at <= ? "
+    "AND (lease_until IS NULL OR lease_until < ?) ORDER BY due_at, id LIMIT ?) RETURNING *")
 
 
 class SqliteStore:
@@ -327,14 +334,10 @@ class SqliteStore:
         """Queued effects of `kind` due by `now` that nobody holds, now held by `runner`."""
         at, until = timestamp(now), timestamp(now + timedelta(seconds=lease))
 
-        def claim(tx: SqliteTx) -> list[EffectRow]:
-            rows = tx._all(
-                "UPDATE effects SET claimed_by = ?, lease_until = ? WHERE id IN ("
-                "SELECT id FROM effects WHERE kind = ? AND state = 'queued' AND due_at <= ? "
-                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING *",
-                (runner, until, kind, at, at, limit))
-            return sorted((_effect_row(r) for r in rows), key=lambda e: e.id)
-        return await self._write(claim, durable=False)
+        def claim(tx: SqliteTx) -> list[sqlite3.Row]:
+            return tx._all(CLAIM_EFFECTS, (runner, until, kind, at, at, limit))
+        rows = await self._write(claim, durable=False)
+        return sorted((_effect_row(r) for r in rows), key=lambda e: (e.due, e.id))
 
     async def release_claims(self, holder_gone: Callable[[str], bool]) -> int:
         def release(tx: SqliteTx) -> int:
