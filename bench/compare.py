@@ -5,7 +5,7 @@ Each commit is checked out in a worktree of its own and runs its own bench scrip
 own daemon (`PYTHONPATH` = its `bench` and `daemon`), in turns (before, after, after, before,
 ...) so that the machine's drift falls on both alike. The table gives each figure's median
 over the rounds and after/before; "better" follows the bench's target (`<=`: lower is
-better). `BENCH_SCALE` applies to both.
+better, `>=`: higher; a row without a target says nothing). `BENCH_SCALE` applies to both.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from run import json_rows, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BENCHES = ("bench_smtp.py", "bench_scale.py")
+BETTER = {"<=": "lower", ">=": "higher"}
 
 
 def git(*args: str) -> str:
@@ -54,7 +55,7 @@ def main() -> int:
     commits = {"before": git("rev-parse", "--short", args.before),
                "after": git("rev-parse", "--short", args.after)}
     values: dict[str, dict[str, list[float]]] = {}
-    lower_better: dict[str, bool] = {}
+    better: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="supportd-compare-") as tmp:
         trees = {side: Path(tmp) / side for side in commits}
         if (REPO.parent / "shared").is_dir():  # the corpora, where bench_corpora.py looks
@@ -71,7 +72,7 @@ def main() -> int:
                         for row in run_bench(trees[side], script):
                             values.setdefault(row["bench"], {}).setdefault(
                                 side, []).append(row["value"])
-                            lower_better[row["bench"]] = (row["target"] or "").startswith("<=")
+                            better[row["bench"]] = BETTER.get((row["target"] or "")[:2], "")
         finally:
             for tree in trees.values():
                 git("worktree", "remove", "--force", str(tree))
@@ -84,7 +85,7 @@ def main() -> int:
         before, after = (statistics.median(sides.get(s, [0.0])) for s in ("before", "after"))
         ratio = after / before if before else float("nan")
         print(f"| {bench} | {before:g} | {after:g} | {ratio:.2f} | "
-              f"{'lower' if lower_better[bench] else 'higher'} | "
+              f"{better[bench]} | "
               f"{', '.join(f'{v:g}' for v in sides.get('before', []))} | "
               f"{', '.join(f'{v:g}' for v in sides.get('after', []))} |")
     return 0
