@@ -51,6 +51,19 @@ def _assert_consistent(parsed: ParsedMail, raw: bytes) -> None:
     for attachment in parsed.attachments:
         assert attachment.size >= 0 and len(attachment.sha256) == 64
         assert "\n" not in attachment.filename and "\r" not in attachment.filename
+    for text in (parsed.subject, parsed.text, *(v for _, v in parsed.headers),
+                 *(part for a in parsed.attachments for part in (a.filename, a.content_type))):
+        text.encode("utf-8")  # what the store writes: raw 8-bit bytes never pass as surrogates
+
+
+def test_a_content_type_of_raw_8bit_bytes_is_text_plain_as_rfc_2045_says() -> None:
+    # Found by test_hostile: "/\xc9Dg" has one slash, passed for a type and reached the store
+    # as surrogate escapes, which SQLite refuses: the mail was marked failed.
+    raw = (b"From: <a@customer.example>\nContent-Type: /\xc9Dg\xf19\xad\n"
+           b"Content-Type: application/octet-stream\n\nbody\n")
+    parsed = parse_mail(raw)
+    _assert_consistent(parsed, raw)
+    assert "body" in parsed.text and not parsed.attachments
 
 
 def _corpus_mails(corpora: Path) -> list[Path]:

@@ -117,6 +117,8 @@ _HTML_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
 _MESSAGE_ID_LINE = re.compile(r"(?im)^message-id[ \t]*:(.*)$")
 _CONTENT_HEADER_LINE = re.compile(r"(?im)^(?:from|date|subject)[ \t]*:.*$")
+_TOKEN = r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+"  # RFC 2045 §5.1: no space, CTLs or tspecials
+_MIME_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
 _SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # raw 8-bit bytes, as the parser keeps them
 _UNLABELLED_CHARSETS = frozenset({"us-ascii", "ascii", "us_ascii", "ansi_x3.4-1968"})
 
@@ -570,7 +572,8 @@ def _leaf(part: _MimePart, reading: _Reading) -> _Leaf:
         # RFC 2046 §5.1.1 needs the boundary; without it the body is plain text.
         defects.append(f"{declared} without a usable boundary read as text/plain")
         declared = "text/plain"
-    content_type = declared if _has_valid_content_type(part) else _guessed_type(part, declared)
+    # RFC 2045 §5.2: a Content-Type that is not type/subtype in tokens is text/plain.
+    content_type = declared if _has_valid_content_type(part) else _guessed_type(part, "text/plain")
     is_attachment = (
         bool(_filename(part, defects))
         or part.get_content_disposition() == "attachment"
@@ -581,7 +584,7 @@ def _leaf(part: _MimePart, reading: _Reading) -> _Leaf:
 
 def _has_valid_content_type(part: _MimePart) -> bool:
     value = part.get("content-type")
-    return value is None or value.split(";", 1)[0].strip().count("/") == 1
+    return value is None or _MIME_TYPE.fullmatch(value.split(";", 1)[0].strip()) is not None
 
 
 def _guessed_type(part: _MimePart, default: str) -> str:
